@@ -1,0 +1,723 @@
+"""One client connection: its socket, buffers, and the request in progress.
+
+A Connection reads request heads and bodies with the pure readers of
+``bb.http``, hands them to its session's node through the router, and
+frames what the node answers (``node_*`` methods, called by the router).
+Only one request per connection is with a node at a time: pipelined
+requests wait in the input buffer until the response before them is
+complete (spec §4.4).
+
+Writes are batched: ``write`` queues buffers and marks the connection dirty;
+the server flushes dirty connections once per loop iteration (and after
+each ZeroMQ batch) with one ``send``/``sendmsg`` each.  Idle keep-alive
+connections hold no buffers.
+
+Invariant: ``close`` is idempotent and every path that can close checks
+``closed`` before touching the socket again.
+"""
+
+import logging
+import socket
+import ssl
+
+from . import http, uwsgi, ws
+from .router import FAILED, QUEUED, RouteError
+
+log = logging.getLogger("blastbeat.conn")
+
+HEAD_TIMEOUT = 30.0
+LINGER_TIME = 2.0
+RETRY_BODY_LIMIT = 1 << 20
+PIPELINE_LIMIT = 1 << 16
+RECV_SIZE = 1 << 16
+MAX_IOV = 512
+
+# Reasons to stop reading from the client (bit mask).
+PAUSE_NODE = 1          # the node's ZeroMQ pipe is full
+PAUSE_PIPELINE = 2      # a response is in progress and enough input waits
+PAUSE_CLOSING = 4
+
+# Response framing modes.
+R_LENGTH, R_CHUNKED, R_UNTIL_END, R_NONE = range(4)
+
+
+class Exchange:
+    """One request and its response."""
+
+    __slots__ = ("req", "body_reader", "env", "body_kept", "body_done", "hops",
+                 "head_sent", "mode", "remaining", "keep_alive", "raw_chunk_reader",
+                 "status", "bytes_out", "started", "vhost", "expect_pending")
+
+    def __init__(self, req, vhost, started):
+        self.req = req
+        self.vhost = vhost
+        self.body_reader = None
+        self.env = None
+        self.body_kept = []         # body pieces kept for a retry (None: too big)
+        self.body_done = True
+        self.hops = 0
+        self.head_sent = False
+        self.mode = None
+        self.remaining = 0
+        self.keep_alive = False
+        self.raw_chunk_reader = None
+        self.status = 0
+        self.bytes_out = 0
+        self.started = started
+        self.expect_pending = False
+
+
+class Connection:
+    __slots__ = ("server", "loop", "router", "sock", "watcher", "listener", "tls",
+                 "peer", "remote_addr", "remote_port", "head_reader", "inbuf",
+                 "out", "outlen", "dirty", "closed", "session", "exchange",
+                 "paused", "last_activity", "head_started", "timer", "timeout",
+                 "closing", "lingering", "ws", "__weakref__")
+
+    def __init__(self, server, sock, peer, listener, tls=False):
+        self.server = server
+        self.loop = server.loop
+        self.router = server.router
+        self.sock = sock
+        self.listener = listener
+        self.tls = tls
+        self.peer = peer
+        self.remote_addr = peer[0].encode() if isinstance(peer, tuple) else b""
+        self.remote_port = b"%d" % peer[1] if isinstance(peer, tuple) else b"0"
+        self.head_reader = None
+        self.inbuf = b""
+        self.out = []
+        self.outlen = 0
+        self.dirty = False
+        self.closed = False
+        self.closing = False
+        self.lingering = False
+        self.session = None
+        self.exchange = None
+        self.paused = 0
+        self.ws = None
+        now = self.loop.now
+        self.last_activity = now
+        self.head_started = now
+        self.timeout = server.config.timeout
+        self.timer = self.loop.call_at(now + min(self.timeout, HEAD_TIMEOUT), self._on_timer)
+        self.watcher = self.loop.io(sock, self._on_readable, self._on_writable)
+        self.watcher.want_read(True)
+
+    def __repr__(self):
+        return "<client %s:%s>" % (self.remote_addr.decode(), self.remote_port.decode())
+
+    # -- timers --------------------------------------------------------------------
+
+    def _on_timer(self):
+        """One timer per connection, re-armed lazily (libev's idiom)."""
+        if self.closed:
+            return
+        now = self.loop.now
+        if self.lingering:
+            self.close("linger time over", notify=False)
+            return
+        deadline = self.last_activity + self.timeout
+        what = "idle for %ds" % self.timeout
+        if self.head_started is not None and self.head_started + HEAD_TIMEOUT < deadline:
+            deadline = self.head_started + HEAD_TIMEOUT
+            what = "request head not complete within %ds" % HEAD_TIMEOUT
+        if self.ws is not None:
+            deadline = self.ws_timer_deadline(deadline)
+            if deadline is None:
+                return
+        if now >= deadline:
+            self.server.stats["timeouts"] += 1
+            log.info("%r closed: %s", self, what)
+            self.close(what)
+            return
+        self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    # -- reading -------------------------------------------------------------------
+
+    def _on_readable(self):
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
+            return
+        except (OSError, ssl.SSLError) as e:
+            self.close("read error: %s" % e)
+            return
+        if not data:
+            self.close("client closed the connection" if not self.lingering else "linger done",
+                       notify=not self.lingering)
+            return
+        if self.tls:
+            # Decrypted bytes can wait inside the SSL object while the
+            # kernel socket is not readable: read them now.
+            pending = self.sock.pending()
+            if pending:
+                try:
+                    data += self.sock.recv(pending)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+                except (OSError, ssl.SSLError):
+                    pass
+        if self.lingering:
+            return
+        self.last_activity = self.loop.now
+        self.feed(data)
+
+    def feed(self, data):
+        """Process bytes from the client according to the connection state."""
+        if self.closing:
+            return      # the answer is written; what follows is dropped
+        if self.ws is not None:
+            self.ws_feed(data)
+            return
+        ex = self.exchange
+        while not self.closed:
+            if ex is not None:
+                if ex.body_reader is not None:
+                    data = self._feed_body(ex, data)
+                    if data is None or self.closed:
+                        return
+                if data:
+                    # Pipelined: wait for the response before this request.
+                    self.inbuf += data
+                    if len(self.inbuf) > PIPELINE_LIMIT:
+                        self.pause(PAUSE_PIPELINE)
+                return
+            reader = self.head_reader
+            if reader is None:
+                reader = self.head_reader = http.HeadReader(self.server.config.max_headers)
+                if self.head_started is None:
+                    self.head_started = self.loop.now
+            try:
+                req = reader.feed(data)
+            except http.HTTPError as e:
+                self.server.stats["bad_requests"] += 1
+                log.info("%r bad request (%d): %s", self, e.status, e.message)
+                self.fail(e.status, e.message)
+                return
+            if req is None:
+                return
+            data = reader.rest
+            self.head_reader = None
+            self.head_started = None
+            ex = self._start_exchange(req)
+            if ex is None or self.ws is not None:
+                if self.ws is not None and data:
+                    self.ws_feed(data)
+                return
+            if not data and ex.body_reader is None:
+                return
+
+    def _feed_body(self, ex, data):
+        """Stream body bytes to the node; return what follows the body."""
+        try:
+            pieces, done = ex.body_reader.feed(data)
+        except http.HTTPError as e:
+            log.info("%r bad request body (%d): %s", self, e.status, e.message)
+            self.fail(e.status, e.message)
+            return None
+        for piece in pieces:
+            self._send_body(ex, piece)
+        if done:
+            rest = ex.body_reader.rest
+            if isinstance(ex.body_reader, http.ChunkedReader):
+                self._send_body(ex, b"", keep=False)
+            ex.body_reader = None
+            ex.body_done = True
+            return rest
+        return b""
+
+    def _send_body(self, ex, piece, keep=True):
+        if self.session is None or self.session.ended:
+            return
+        kept = ex.body_kept
+        if kept is not None and keep:
+            size = sum(len(p) for p in kept) + len(piece)
+            if size <= RETRY_BODY_LIMIT:
+                kept.append(piece)
+            else:
+                ex.body_kept = None
+        if self.router.send(self.session, b"body", piece) == QUEUED:
+            self.pause(PAUSE_NODE)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def _start_exchange(self, req):
+        server = self.server
+        server.stats["requests"] += 1
+        vhost = self.listener.find_vhost(req.host)
+        ex = Exchange(req, vhost, self.loop.now)
+        self.exchange = ex
+        if vhost is None:
+            self.fail(404, "no virtual host for %s" % (req.host or b"").decode("latin-1"), ex)
+            return None
+        if req.upgrade is not None and req.upgrade != b"h2c":
+            if req.upgrade != b"websocket":
+                self.fail(400, "unsupported Upgrade", ex)
+                return None
+            return self.ws_upgrade(ex, req, vhost)
+        if not self._ensure_session(ex, vhost):
+            return None
+        if server.over_memory():
+            self.fail(503, "server memory limit reached", ex)
+            return None
+        try:
+            ex.env = uwsgi.request_env(req, vhost.server_name, self.server_port(vhost),
+                                       self.remote_addr, self.remote_port, self.tls)
+        except uwsgi.PacketTooLarge as e:
+            self.fail(431, str(e), ex)
+            return None
+        sent = self.router.send(self.session, b"uwsgi", ex.env)
+        if sent == QUEUED:
+            self.pause(PAUSE_NODE)
+        elif sent == FAILED and not self._retry_elsewhere(ex):
+            return None
+        if req.chunked:
+            ex.body_reader = http.ChunkedReader()
+            ex.body_done = False
+        elif req.content_length:
+            ex.body_reader = http.LengthBodyReader(req.content_length)
+            ex.body_done = False
+        if ex.body_reader is not None and req.expect_continue:
+            self.write(http.CONTINUE)
+        return ex
+
+    def server_port(self, vhost):
+        if vhost.server_port is not None:
+            return b"%d" % vhost.server_port
+        if self.tls:
+            return b"%d" % self.listener.port if self.listener.port != 443 else b"443"
+        return b"80"
+
+    def _ensure_session(self, ex, vhost):
+        session = self.session
+        if session is not None and not session.ended:
+            if session.vhost is vhost:
+                if not session.node.available:
+                    self.router.move_session(session)
+                return True
+            # A keep-alive connection that changes virtual host starts over.
+            self.router.end_session(session)
+            self.session = None
+        try:
+            self.session = self.router.open_session(self, vhost)
+        except RouteError as e:
+            self.fail(e.status, e.message, ex)
+            return False
+        self.timeout = vhost.timeout
+        return True
+
+    def _retry_elsewhere(self, ex):
+        """Give the request to another node (retry, node lost).  False: failed."""
+        session = self.session
+        while True:
+            if ex.head_sent:
+                self.close("node lost during the response")
+                return False
+            if ex.hops >= self.router.max_hops:
+                self.fail(502, "request retried %d times" % ex.hops, ex)
+                return False
+            if ex.body_kept is None:
+                self.fail(502, "cannot retry: request body over %d bytes" % RETRY_BODY_LIMIT, ex)
+                return False
+            ex.hops += 1
+            old = session.node
+            if not self.router.move_session(session):
+                self.fail(503 if not old.available else 502,
+                          "no other node of %s is available" % session.vhost.name, ex)
+                return False
+            if session.node is not old:
+                self.router._send(old, [old.identity, session.sid, b"end", b""], None)
+            log.info("%r request retried on node %s (hop %d)", self, session.node.name, ex.hops)
+            if self.router.send(session, b"uwsgi", ex.env) == FAILED:
+                continue
+            for piece in ex.body_kept:
+                self.router.send(session, b"body", piece)
+            if ex.body_done and ex.req.chunked:
+                self.router.send(session, b"body", b"")
+            return True
+
+    # -- node messages (called by the router) ----------------------------------------------
+
+    def node_headers(self, body):
+        ex = self.exchange
+        if ex is None or self.ws is not None:
+            return
+        if ex.head_sent and ex.mode is not None:
+            log.debug("%r second head from node ignored", self)
+            return
+        try:
+            resp = http.parse_response_head(body)
+        except http.BadResponse as e:
+            log.warning("%r node %s sent a bad response head: %s", self,
+                        self.session.node.name, e)
+            if ex.head_sent:
+                self.close("bad response head")
+            else:
+                self.fail(502, "bad response head from node", ex)
+            return
+        req = ex.req
+        ex.status = resp.status
+        if resp.status < 200:
+            if resp.status != 101:
+                self.write(resp.head)
+                ex.bytes_out += len(resp.head)
+            return
+        head = resp.head
+        if req.method == b"HEAD" or resp.status in (204, 304):
+            ex.mode = R_NONE
+        elif resp.chunked:
+            if req.http10:
+                # HTTP/1.0 has no chunked coding: data goes raw, close ends it.
+                head = http.remove_header(head, b"transfer-encoding")
+                ex.mode = R_UNTIL_END
+            else:
+                ex.mode = R_CHUNKED
+        elif resp.content_length is not None:
+            ex.mode = R_LENGTH
+            ex.remaining = resp.content_length
+        else:
+            ex.mode = R_UNTIL_END
+        ex.keep_alive = (req.keep_alive and not resp.close and ex.mode != R_UNTIL_END
+                         and (not req.http10 or resp.keep_alive))
+        ex.head_sent = True
+        self.write(head)
+        ex.bytes_out += len(head)
+        if resp.extra:
+            self.node_body(resp.extra)
+        elif ex.mode == R_NONE or (ex.mode == R_LENGTH and ex.remaining == 0):
+            self._response_done(ex)
+
+    def node_body(self, body):
+        ex = self.exchange
+        if ex is None or self.ws is not None:
+            return
+        mode = ex.mode
+        if mode is None:
+            # Raw output with no head parsed: framing unknown, `end` ends it.
+            ex.mode = mode = R_UNTIL_END
+            ex.head_sent = True
+            ex.keep_alive = False
+        if mode == R_LENGTH:
+            n = ex.remaining
+            if len(body) > n:
+                log.warning("%r node %s sent %d bytes beyond Content-Length; dropped",
+                            self, self.session.node.name, len(body) - n)
+                body = body[:n]
+            ex.remaining = n - len(body)
+            self.write(body)
+            ex.bytes_out += len(body)
+            if ex.remaining == 0:
+                self._response_done(ex)
+        elif mode == R_CHUNKED:
+            # The node chunked it itself: follow the chunks to find the end.
+            self.write(body)
+            ex.bytes_out += len(body)
+            reader = ex.raw_chunk_reader
+            if reader is None:
+                reader = ex.raw_chunk_reader = http.ChunkedReader()
+            try:
+                _, done = reader.feed(body)
+            except http.HTTPError:
+                log.warning("%r node %s sent a malformed chunked body", self,
+                            self.session.node.name)
+                self.close("malformed chunked body from node")
+                return
+            if done:
+                self._response_done(ex)
+        elif mode == R_UNTIL_END:
+            self.write(body)
+            ex.bytes_out += len(body)
+        # R_NONE: a body for HEAD/204/304 is not sent.
+
+    def node_chunk(self, body):
+        ex = self.exchange
+        if ex is None or self.ws is not None:
+            return
+        if ex.mode is None:
+            ex.mode = R_UNTIL_END
+            ex.head_sent = True
+            ex.keep_alive = False
+        if ex.req.http10 or ex.mode == R_UNTIL_END:
+            if body:
+                self.write(body)
+                ex.bytes_out += len(body)
+            elif ex.req.http10:
+                self.close_after_flush()
+            return
+        if ex.mode == R_NONE:
+            return
+        if body:
+            self.writev(http.chunk(body))
+            ex.bytes_out += len(body)
+        else:
+            self.write(http.LAST_CHUNK)
+            self._response_done(ex)
+
+    def node_end(self, body):
+        if self.ws is not None:
+            self.ws_node_end()
+            return
+        if self.session is not None:
+            # The node ended the session itself: it is not told again.
+            self.router.end_session(self.session, notify=False)
+        ex = self.exchange
+        if ex is not None and not ex.head_sent:
+            self.fail(502, "node ended the session without a response", ex)
+            return
+        if ex is not None:
+            self.server.access(self, ex)
+            self.exchange = None
+        self.close_after_flush()
+
+    def node_retry(self, body):
+        ex = self.exchange
+        if ex is None or self.ws is not None:
+            return
+        if ex.head_sent:
+            log.warning("%r retry after the response started ignored", self)
+            return
+        self._retry_elsewhere(ex)
+
+    def node_lost(self):
+        """The session's node went off: move a waiting request elsewhere."""
+        ex = self.exchange
+        if self.ws is not None:
+            self.close("node lost")
+            return
+        if ex is None:
+            return
+        if ex.head_sent:
+            self.close("node lost during the response")
+        else:
+            self._retry_elsewhere(ex)
+
+    def node_drained(self):
+        self.resume(PAUSE_NODE)
+
+    def node_websocket(self, body):
+        if self.ws is not None:
+            self.ws_send(body, False)
+
+    def node_websocket_binary(self, body):
+        if self.ws is not None:
+            self.ws_send(body, True)
+
+    # -- response completion ---------------------------------------------------------------
+
+    def _response_done(self, ex):
+        """The response is complete by its framing."""
+        ex.remaining = 0
+        # A response complete before the request body was read closes the
+        # connection (_finish_exchange sees body_done False).
+        self._finish_exchange(ex)
+
+    def _finish_exchange(self, ex):
+        self.server.access(self, ex)
+        self.exchange = None
+        if not ex.keep_alive or not ex.body_done or self.server.stopping:
+            self.close_after_flush()
+            return
+        if self.paused & PAUSE_PIPELINE:
+            self.resume(PAUSE_PIPELINE)
+        if self.inbuf:
+            data, self.inbuf = self.inbuf, b""
+            self.loop.call_soon(self._feed_pipelined, data)
+
+    def _feed_pipelined(self, data):
+        if not self.closed and not self.closing:
+            self.feed(data)
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def fail(self, status, message, ex=None, extra_headers=b""):
+        """Answer with an error of the server's own and close."""
+        ex = ex or self.exchange
+        if ex is not None:
+            if ex.head_sent:
+                self.close(message)
+                return
+            ex.status = status
+            ex.head_sent = True
+            self.server.access(self, ex)
+        self.exchange = None
+        self.out.clear()
+        self.server.buffered -= self.outlen
+        self.outlen = 0
+        self.write(http.error_response(status, message if status < 500 else None,
+                                       extra_headers))
+        self.close_after_flush()
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, data):
+        self.out.append(data)
+        self.outlen += len(data)
+        self.server.buffered += len(data)
+        if not self.dirty:
+            self.dirty = True
+            self.server.dirty.append(self)
+
+    def writev(self, parts):
+        n = 0
+        for p in parts:
+            n += len(p)
+        self.out.extend(parts)
+        self.outlen += n
+        self.server.buffered += n
+        if not self.dirty:
+            self.dirty = True
+            self.server.dirty.append(self)
+
+    def flush(self):
+        self.dirty = False
+        if self.closed:
+            return
+        out = self.out
+        if out:
+            try:
+                if len(out) == 1:
+                    sent = self.sock.send(out[0])
+                elif self.tls:
+                    joined = b"".join(out)
+                    out[:] = [joined]
+                    sent = self.sock.send(joined)
+                else:
+                    sent = self.sock.sendmsg(out[:MAX_IOV])
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
+                    ssl.SSLWantReadError):
+                sent = 0
+            except (OSError, ssl.SSLError) as e:
+                self.close("write error: %s" % e)
+                return
+            if sent:
+                self.last_activity = self.loop.now
+                self.outlen -= sent
+                self.server.buffered -= sent
+                if not self.outlen:
+                    out.clear()
+                else:
+                    i = 0
+                    while sent:
+                        n = len(out[i])
+                        if n <= sent:
+                            sent -= n
+                            i += 1
+                        else:
+                            out[i] = memoryview(out[i])[sent:]
+                            sent = 0
+                    del out[:i]
+        if out:
+            if self.outlen > self.server.config.writequeue_buffer:
+                self.server.stats["slow_clients"] += 1
+                log.warning("%r closed: %d bytes queued, over writequeue-buffer",
+                            self, self.outlen)
+                self.close("client too slow")
+                return
+            self.watcher.want_write(True)
+        else:
+            if self.watcher.events & 2:
+                self.watcher.want_write(False)
+            if self.closing:
+                self._linger()
+
+    def _on_writable(self):
+        self.flush()
+
+    # -- flow control ------------------------------------------------------------------------------
+
+    def pause(self, why):
+        if not self.paused:
+            self.watcher.want_read(False)
+        self.paused |= why
+
+    def resume(self, why):
+        if self.paused & why:
+            self.paused &= ~why
+            if not self.paused and not self.closed:
+                self.watcher.want_read(True)
+
+    # -- closing -------------------------------------------------------------------------------------
+
+    def close_after_flush(self):
+        if self.closed or self.closing:
+            return
+        self.closing = True
+        if self.session is not None:
+            self.router.end_session(self.session)
+            self.session = None
+        if not self.dirty:
+            self.flush()
+
+    def _linger(self):
+        """Half-close, then read and drop what the client still sends, so
+        that the kernel does not answer it with a reset that destroys the
+        response we just wrote."""
+        if self.lingering or self.closed:
+            return
+        self.lingering = True
+        if self.tls:
+            self.close("done", notify=False)
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close("done", notify=False)
+            return
+        self.paused = 0
+        self.watcher.set(1)
+        self.timer.cancel()
+        self.timer = self.loop.call_later(LINGER_TIME, self._on_timer)
+
+    def close(self, reason="closed", notify=True):
+        """Close now.  The node gets ``end`` once if a session is open."""
+        if self.closed:
+            return
+        self.closed = True
+        self.watcher.stop()
+        self.timer.cancel()
+        if self.ws is not None:
+            self.ws_closed()
+        if self.session is not None:
+            self.router.end_session(self.session, notify)
+            self.session = None
+        if self.exchange is not None:
+            self.server.access(self, self.exchange)
+            self.exchange = None
+        if self.tls and not self.lingering:
+            try:
+                self.sock.setblocking(False)
+                self.sock.unwrap()
+            except (OSError, ssl.SSLError, ValueError):
+                pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.server.buffered -= self.outlen
+        self.out = []
+        self.outlen = 0
+        self.inbuf = b""
+        self.server.forget(self)
+        log.debug("%r closed: %s", self, reason)
+
+    # -- WebSocket (bb.ws does the protocol; these glue it to the connection) ---------------------
+
+    def ws_upgrade(self, ex, req, vhost):
+        return ws.upgrade(self, ex, req, vhost)
+
+    def ws_feed(self, data):
+        self.ws.feed(data)
+
+    def ws_send(self, payload, binary):
+        self.ws.send_message(payload, binary)
+
+    def ws_node_end(self):
+        self.ws.node_end()
+
+    def ws_closed(self):
+        self.ws.connection_closed()
+
+    def ws_timer_deadline(self, deadline):
+        return self.ws.timer_deadline(deadline)
