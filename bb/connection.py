@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 
-from . import http, uwsgi, ws
+from . import http, uwsgi, wsendpoint
 from .router import FAILED, QUEUED, RouteError
 
 log = logging.getLogger("blastbeat.conn")
@@ -117,15 +117,16 @@ class Connection:
         if self.lingering:
             self.close("linger time over", notify=False)
             return
+        if self.ws is not None:
+            deadline = self.ws.timer_deadline(now)
+            if deadline is not None and not self.closed:
+                self.timer = self.loop.call_at(deadline, self._on_timer)
+            return
         deadline = self.last_activity + self.timeout
         what = "idle for %ds" % self.timeout
         if self.head_started is not None and self.head_started + HEAD_TIMEOUT < deadline:
             deadline = self.head_started + HEAD_TIMEOUT
             what = "request head not complete within %ds" % HEAD_TIMEOUT
-        if self.ws is not None:
-            deadline = self.ws_timer_deadline(deadline)
-            if deadline is None:
-                return
         if now >= deadline:
             self.server.stats["timeouts"] += 1
             log.info("%r closed: %s", self, what)
@@ -169,7 +170,7 @@ class Connection:
         if self.closing:
             return      # the answer is written; what follows is dropped
         if self.ws is not None:
-            self.ws_feed(data)
+            self.ws.feed(data)
             return
         ex = self.exchange
         while not self.closed:
@@ -204,7 +205,7 @@ class Connection:
             ex = self._start_exchange(req)
             if ex is None or self.ws is not None:
                 if self.ws is not None and data:
-                    self.ws_feed(data)
+                    self.ws.feed(data)
                 return
             if not data and ex.body_reader is None:
                 return
@@ -256,7 +257,7 @@ class Connection:
             if req.upgrade != b"websocket":
                 self.fail(400, "unsupported Upgrade", ex)
                 return None
-            return self.ws_upgrade(ex, req, vhost)
+            return wsendpoint.upgrade(self, ex, req, vhost)
         if not self._ensure_session(ex, vhost):
             return None
         if server.over_memory():
@@ -328,7 +329,7 @@ class Connection:
                           "no other node of %s is available" % session.vhost.name, ex)
                 return False
             if session.node is not old:
-                self.router._send(old, [old.identity, session.sid, b"end", b""], None)
+                self.router._send(old, (old.identity, session.sid, b"end", b""), None)
             log.info("%r request retried on node %s (hop %d)", self, session.node.name, ex.hops)
             if self.router.send(session, b"uwsgi", ex.env) == FAILED:
                 continue
@@ -457,7 +458,7 @@ class Connection:
 
     def node_end(self, body):
         if self.ws is not None:
-            self.ws_node_end()
+            self.ws.node_end()
             return
         if self.session is not None:
             # The node ended the session itself: it is not told again.
@@ -498,11 +499,11 @@ class Connection:
 
     def node_websocket(self, body):
         if self.ws is not None:
-            self.ws_send(body, False)
+            self.ws.send_message(body, False)
 
     def node_websocket_binary(self, body):
         if self.ws is not None:
-            self.ws_send(body, True)
+            self.ws.send_message(body, True)
 
     # -- response completion ---------------------------------------------------------------
 
@@ -678,7 +679,7 @@ class Connection:
         self.watcher.stop()
         self.timer.cancel()
         if self.ws is not None:
-            self.ws_closed()
+            self.ws.connection_closed()
         if self.session is not None:
             self.router.end_session(self.session, notify)
             self.session = None
@@ -701,23 +702,3 @@ class Connection:
         self.inbuf = b""
         self.server.forget(self)
         log.debug("%r closed: %s", self, reason)
-
-    # -- WebSocket (bb.ws does the protocol; these glue it to the connection) ---------------------
-
-    def ws_upgrade(self, ex, req, vhost):
-        return ws.upgrade(self, ex, req, vhost)
-
-    def ws_feed(self, data):
-        self.ws.feed(data)
-
-    def ws_send(self, payload, binary):
-        self.ws.send_message(payload, binary)
-
-    def ws_node_end(self):
-        self.ws.node_end()
-
-    def ws_closed(self):
-        self.ws.connection_closed()
-
-    def ws_timer_deadline(self, deadline):
-        return self.ws.timer_deadline(deadline)
