@@ -132,6 +132,7 @@ class Config:
         self.websocket_max_message = 16 * 1024 * 1024
         self.access_log = None
         self.heartbeat = 0.0
+        self.header_timeout = 30.0
         self.vhosts = []
         self.warnings = []
         self.lines = {}             # (section, option) -> first line
@@ -259,6 +260,7 @@ GLOBAL_OPTIONS = {
     "websocket-max-message": ("websocket_max_message", _number(int, 125, 1 << 31), False),
     "access-log": ("access_log", _text, False),
     "heartbeat": ("heartbeat", _number(float, 0), False),
+    "header-timeout": ("header_timeout", _number(float, 0.1), False),
 }
 
 VHOST_OPTIONS = {

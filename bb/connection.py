@@ -25,7 +25,6 @@ from .router import FAILED, QUEUED, RouteError
 
 log = logging.getLogger("blastbeat.conn")
 
-HEAD_TIMEOUT = 30.0
 LINGER_TIME = 2.0
 RETRY_BODY_LIMIT = 1 << 20
 PIPELINE_LIMIT = 1 << 16
@@ -100,7 +99,8 @@ class Connection:
         self.last_activity = now
         self.head_started = now
         self.timeout = server.config.timeout
-        self.timer = self.loop.call_at(now + min(self.timeout, HEAD_TIMEOUT), self._on_timer)
+        self.timer = self.loop.call_at(
+            now + min(self.timeout, server.config.header_timeout), self._on_timer)
         self.watcher = self.loop.io(sock, self._on_readable, self._on_writable)
         self.watcher.want_read(True)
 
@@ -123,16 +123,24 @@ class Connection:
                 self.timer = self.loop.call_at(deadline, self._on_timer)
             return
         deadline = self.last_activity + self.timeout
-        what = "idle for %ds" % self.timeout
-        if self.head_started is not None and self.head_started + HEAD_TIMEOUT < deadline:
-            deadline = self.head_started + HEAD_TIMEOUT
-            what = "request head not complete within %ds" % HEAD_TIMEOUT
+        what = "idle for %gs" % self.timeout
+        head_timeout = self.server.config.header_timeout
+        if self.head_started is not None and self.head_started + head_timeout < deadline:
+            deadline = self.head_started + head_timeout
+            what = "request head not complete within %gs" % head_timeout
         if now >= deadline:
             self.server.stats["timeouts"] += 1
             log.info("%r closed: %s", self, what)
             self.close(what)
             return
         self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _arm_head_timer(self):
+        """A head arrives in pieces: make sure the timer fires by its deadline."""
+        deadline = self.head_started + self.server.config.header_timeout
+        if self.timer.when > deadline:
+            self.timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._on_timer)
 
     # -- reading -------------------------------------------------------------------
 
@@ -198,6 +206,7 @@ class Connection:
                 self.fail(e.status, e.message)
                 return
             if req is None:
+                self._arm_head_timer()
                 return
             data = reader.rest
             self.head_reader = None
@@ -546,7 +555,7 @@ class Connection:
         self.out.clear()
         self.server.buffered -= self.outlen
         self.outlen = 0
-        self.write(http.error_response(status, message if status < 500 else None,
+        self.write(http.error_response(status, message,
                                        extra_headers))
         self.close_after_flush()
 

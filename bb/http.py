@@ -167,9 +167,9 @@ class HeadReader:
                 raise HTTPError(414, "request line longer than %d bytes" % MAX_REQUEST_LINE)
         elif first_eol > MAX_REQUEST_LINE:
             raise HTTPError(414, "request line longer than %d bytes" % MAX_REQUEST_LINE)
-        start = self._scanned - 1 if self._scanned > 0 else 0
-        region = buf[start:]
-        if region.count(b"\n") != region.count(b"\r\n"):
+        # Every LF received since the last call must follow a CR.
+        new = self._scanned
+        if buf.count(b"\n", new) != buf.count(b"\r\n", new - 1 if new else 0):
             raise HTTPError(400, "bare LF in request head")
         if buf.count(b"\r\n") > self.max_headers + 1:
             raise HTTPError(431, "more than %d header fields" % self.max_headers)

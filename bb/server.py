@@ -69,7 +69,7 @@ class Listener:
         names = {}
         for vhost in vhosts:
             for name in vhost.cfg.names:
-                names.setdefault(name, vhost)
+                names.setdefault(name.encode("latin-1"), vhost)
         self.names = names
         self.default = vhosts[0] if vhosts else None
         if self.tls:
@@ -85,11 +85,9 @@ class Listener:
             return self.default
         vhost = self.names.get(host)
         if vhost is None:
-            name, port = configmod.split_host_port(host.decode("latin-1"))
-            if port is not None:
+            name, sep, port = host.rpartition(b":")
+            if sep and port.isdigit() and not name.endswith(b":"):
                 vhost = self.names.get(name)
-            else:
-                vhost = self.names.get(host.decode("latin-1"))
         return vhost
 
     def open(self):
@@ -274,9 +272,9 @@ class Server:
 
     def start(self):
         self.bind()
+        self._open_access_log()     # as root, like the listeners
         self.drop_privileges()
         self.router.start()
-        self._open_access_log()
         if self.config.stats_freq > 0:
             self.loop.call_repeatedly(self.config.stats_freq, self.log_stats)
         self._emperor_start()
