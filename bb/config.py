@@ -410,6 +410,7 @@ def parse(raw_lines, path="<config>", check_files=True):
             if vhost.key is None:
                 vhost.key = config.key or vhost.certificate
 
+    _resolve_paths(config)
     if not config.vhosts:
         config.warnings.append("%s: no virtual host ([blastbeat:NAME]) defined: "
                                "every request gets 404" % path)
@@ -426,6 +427,23 @@ def parse(raw_lines, path="<config>", check_files=True):
         from . import tls
         tls.check_config(config)
     return config
+
+
+def _resolve_paths(config):
+    """Relative file names are relative to the configuration file."""
+    base = os.path.dirname(os.path.abspath(config.path))
+
+    def resolve(name):
+        if name is None or os.path.isabs(name) or name == "stderr":
+            return name
+        return os.path.join(base, name)
+
+    config.certificate = resolve(config.certificate)
+    config.key = resolve(config.key)
+    config.access_log = resolve(config.access_log)
+    for vhost in config.vhosts:
+        vhost.certificate = resolve(vhost.certificate)
+        vhost.key = resolve(vhost.key)
 
 
 def _apply(target, section, options, path, section_name, config):

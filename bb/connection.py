@@ -351,8 +351,11 @@ class Connection:
     # -- node messages (called by the router) ----------------------------------------------
 
     def node_headers(self, body):
+        if self.ws is not None:
+            self.ws.ignored_head(body)
+            return
         ex = self.exchange
-        if ex is None or self.ws is not None:
+        if ex is None:
             return
         if ex.head_sent and ex.mode is not None:
             log.debug("%r second head from node ignored", self)
@@ -619,7 +622,10 @@ class Connection:
                             sent = 0
                     del out[:i]
         if out:
-            if self.outlen > self.server.config.writequeue_buffer:
+            limit = self.server.config.writequeue_buffer
+            # One message larger than the limit may wait alone (a 16 MiB
+            # WebSocket message); data piling up behind it may not.
+            if self.outlen > limit and self.outlen - len(out[-1]) > limit:
                 self.server.stats["slow_clients"] += 1
                 log.warning("%r closed: %d bytes queued, over writequeue-buffer",
                             self, self.outlen)

@@ -53,7 +53,7 @@ def upgrade(conn, ex, req, vhost):
 
 
 class WebSocket:
-    __slots__ = ("conn", "parser", "deflate", "state", "ping_sent", "node_ended")
+    __slots__ = ("conn", "parser", "deflate", "state", "ping_sent", "node_ended", "page_open")
 
     def __init__(self, conn, deflate):
         self.conn = conn
@@ -62,6 +62,7 @@ class WebSocket:
         self.state = OPEN
         self.ping_sent = None
         self.node_ended = False
+        self.page_open = False
 
     # -- from the client ---------------------------------------------------------------
 
@@ -118,8 +119,24 @@ class WebSocket:
         else:
             self.conn.writev(ws.encode_frame(opcode, payload))
 
+    def ignored_head(self, head):
+        """A page the node sent for the upgrade's env is not written (spec §7).
+
+        A page with neither Content-Length nor chunked coding can only end
+        with ``end`` (the seed's Ruby example does that): that ``end`` ends
+        the page, not the WebSocket."""
+        try:
+            resp = http.parse_response_head(head)
+        except http.BadResponse:
+            return
+        if resp.content_length is None and not resp.chunked:
+            self.page_open = True
+
     def node_end(self):
         """The node ended the session: close 1000, then TCP."""
+        if self.page_open:
+            self.page_open = False
+            return
         self.node_ended = True
         conn = self.conn
         if conn.session is not None:
@@ -170,7 +187,8 @@ class WebSocket:
         if self.ping_sent is not None:
             if now - self.ping_sent >= conn.timeout / 2:
                 log.info("%r WebSocket did not answer a ping", conn)
-                self.close(ws.CLOSE_POLICY, b"ping timeout")
+                # A peer that ignores pings will not answer a close either.
+                self.fail(ws.CLOSE_POLICY, "ping timeout")
                 return None
             return self.ping_sent + conn.timeout / 2
         idle_deadline = conn.last_activity + conn.timeout / 2
