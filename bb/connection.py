@@ -159,15 +159,22 @@ class Connection:
             return
         if self.tls:
             # Decrypted bytes can wait inside the SSL object while the
-            # kernel socket is not readable: read them now.
-            pending = self.sock.pending()
-            if pending:
+            # kernel socket is not readable: read until the SSL object is dry.
+            parts = None
+            while self.sock.pending():
                 try:
-                    data += self.sock.recv(pending)
+                    more = self.sock.recv(RECV_SIZE)
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                    pass
+                    break
                 except (OSError, ssl.SSLError):
-                    pass
+                    break
+                if not more:
+                    break
+                if parts is None:
+                    parts = [data]
+                parts.append(more)
+            if parts is not None:
+                data = b"".join(parts)
         if self.lingering:
             return
         self.last_activity = self.loop.now
@@ -593,9 +600,17 @@ class Connection:
                 if len(out) == 1:
                     sent = self.sock.send(out[0])
                 elif self.tls:
-                    joined = b"".join(out)
-                    out[:] = [joined]
-                    sent = self.sock.send(joined)
+                    # No sendmsg on TLS: coalesce small buffers into one
+                    # record-sized write, never re-join a large backlog.
+                    first = out[0]
+                    if len(first) < RECV_SIZE:
+                        i = size = 0
+                        while i < len(out) and size < RECV_SIZE:
+                            size += len(out[i])
+                            i += 1
+                        first = b"".join(out[:i])
+                        out[:i] = [first]
+                    sent = self.sock.send(first)
                 else:
                     sent = self.sock.sendmsg(out[:MAX_IOV])
             except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,

@@ -278,12 +278,13 @@ def read_response(sock, buf=b""):
         return read_response(sock, buf)
     if b"content-length" in headers:
         n = int(headers[b"content-length"])
-        while len(buf) < n:
-            data = sock.recv(65536)
+        body = bytearray(buf)
+        while len(body) < n:
+            data = sock.recv(1 << 20)
             if not data:
                 raise EOFError("closed mid-body")
-            buf += data
-        return status, headers, buf[:n], buf[n:]
+            body += data
+        return status, headers, bytes(body[:n]), bytes(body[n:])
     if headers.get(b"transfer-encoding") == b"chunked":
         body = b""
         while True:
