@@ -148,42 +148,64 @@ class Router:
 
     # -- setup ---------------------------------------------------------------
 
-    def _group(self, endpoints):
-        key = tuple(endpoints)
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = Group(endpoints)
-        return group
+    def _build(self, config, old_groups=None, old_nodes=None):
+        """Groups, nodes and vhosts of ``config``; sockets and node health
+        are taken over from ``old_groups``/``old_nodes`` (reload)."""
+        old_groups = old_groups or {}
+        old_nodes = old_nodes or {}
+        self.groups = {}
+        self.nodes = []
 
-    def _build(self, config):
-        """Create groups, nodes and vhosts of ``config`` (sockets not bound)."""
+        def group_for(endpoints):
+            key = tuple(endpoints)
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = Group(endpoints)
+                old = old_groups.get(key)
+                if old is not None:
+                    group.sockets = old.sockets
+                    for zsock in old.sockets:
+                        self._by_socket[zsock] = group
+            return group
+
+        if config.zmq:
+            group_for(config.zmq)
         vhosts = {}
         for cfg in config.vhosts:
-            group = self._group([cfg.zmq] if cfg.zmq else config.zmq)
+            group = group_for([cfg.zmq] if cfg.zmq else config.zmq)
             nodes = []
             for name in cfg.nodes:
-                node = group.nodes.get(name.encode())
+                ident = name.encode()
+                node = group.nodes.get(ident)
                 if node is None:
-                    node = group.nodes[name.encode()] = Node(name, group)
+                    node = old_nodes.pop((tuple(group.endpoints), ident), None) or Node(name, group)
+                    node.group = group
+                    node.vhosts = set()
+                    group.nodes[ident] = node
                     self.nodes.append(node)
+                node.vhosts.add(cfg.name)
                 nodes.append(node)
             vhost = self.vhosts.get(cfg.name)
             if vhost is None:
                 vhost = VirtualHost(cfg, nodes)
             else:   # reload: keep the live session count
-                vhost.cfg = cfg
-                vhost.nodes = nodes
-                vhost.max_sessions = cfg.sessions
-                vhost.timeout = cfg.timeout
-                vhost.server_name = cfg.server_name.encode()
-                vhost.server_port = cfg.server_port
+                vhost.__init__(cfg, nodes)
+                vhost.sessions = self.vhosts[cfg.name].sessions
             vhosts[cfg.name] = vhost
-            for node in nodes:
-                node.vhosts.add(cfg.name)
+        # Nodes no longer configured keep serving the sessions they have
+        # (their messages are still accepted) but get no new ones.
+        for (key, ident), node in old_nodes.items():
+            group = self.groups.get(key)
+            if group is not None and node.sessions > 0:
+                node.vhosts = set()
+                group.nodes[ident] = node
         self.vhosts = vhosts
 
-    def bind(self):
-        """Bind every ROUTER not bound yet.  Raises zmq.ZMQError."""
+    def bind(self, strict=True):
+        """Bind every ROUTER not bound yet.
+
+        Raises zmq.ZMQError when ``strict`` (start); on reload a failure is
+        logged and that group's nodes stay unavailable."""
         for group in self.groups.values():
             if group.sockets:
                 continue
@@ -197,8 +219,11 @@ class Router:
                     zsock.bind(endpoint)
                 except zmq.ZMQError as e:
                     zsock.close()
-                    raise zmq.ZMQError(e.errno, "cannot bind ZeroMQ %s: %s"
-                                       % (endpoint, e.strerror)) from None
+                    if strict:
+                        raise zmq.ZMQError(e.errno, "cannot bind ZeroMQ %s: %s"
+                                           % (endpoint, e.strerror)) from None
+                    log.error("cannot bind ZeroMQ %s: %s", endpoint, e.strerror)
+                    continue
                 group.sockets.append(zsock)
                 self._by_socket[zsock] = group
                 watcher = self.loop.io(zsock.getsockopt(zmq.FD),
@@ -228,50 +253,26 @@ class Router:
     def reconfigure(self, config):
         """Switch to ``config``: keep live nodes and sessions, bind new ROUTERs."""
         old_groups = self.groups
-        old_nodes = {(tuple(g.endpoints), n.identity): n
-                     for g in old_groups.values() for n in g.nodes.values()}
-        self.groups = {}
-        self.nodes = []
-        # Groups that remain keep their sockets and nodes (and health state).
+        old_nodes = {(key, ident): node for key, group in old_groups.items()
+                     for ident, node in group.nodes.items()}
+        self._build(config, old_groups, old_nodes)
         for key, group in old_groups.items():
-            keep = key == tuple(config.zmq) or any(v.zmq and (v.zmq,) == key
-                                                  for v in config.vhosts)
-            if keep:
-                new = self.groups[key] = Group(group.endpoints)
-                new.sockets = group.sockets
-                for zsock in group.sockets:
-                    self._by_socket[zsock] = new
-        for node in old_nodes.values():
-            node.vhosts = set()
-        self._build_with(config, old_nodes)
-        for key, group in old_groups.items():
-            if key not in self.groups:
-                for zsock in group.sockets:
-                    self._watchers.pop(zsock).stop()
-                    self._by_socket.pop(zsock, None)
-                    zsock.close(0)
-                    log.info("ZeroMQ ROUTER on %s closed", ", ".join(group.endpoints))
+            if key in self.groups:
+                continue
+            for zsock in group.sockets:
+                self._watchers.pop(zsock).stop()
+                self._by_socket.pop(zsock, None)
+                zsock.close(0)
+            log.info("ZeroMQ ROUTER on %s closed", ", ".join(group.endpoints))
         self.max_sessions = config.sessions
         self.max_hops = config.max_hops
         if config.ping_freq != self.ping_freq:
             self.ping_freq = config.ping_freq
-            self._ping_timer.cancel()
-            self._ping_timer = self.loop.call_repeatedly(self.ping_freq, self._ping)
+            if self._ping_timer is not None:
+                self._ping_timer.cancel()
+                self._ping_timer = self.loop.call_repeatedly(self.ping_freq, self._ping)
         self._config = config
-        self.bind()
-
-    def _build_with(self, config, old_nodes):
-        for cfg in config.vhosts:
-            group = self._group([cfg.zmq] if cfg.zmq else config.zmq)
-            for name in cfg.nodes:
-                ident = name.encode()
-                if ident not in group.nodes:
-                    old = old_nodes.get((tuple(group.endpoints), ident))
-                    node = old if old is not None else Node(name, group)
-                    node.group = group
-                    group.nodes[ident] = node
-                    self.nodes.append(node)
-        self._build(config)
+        self.bind(strict=False)
 
     # -- balancing and sessions --------------------------------------------------
 

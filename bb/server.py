@@ -206,6 +206,7 @@ class Server:
         self._emperor_fd = emperor_fd
         self._emperor_watcher = None
         self._loyal = False
+        self._emperor_stopped = False
         self.loop.add_check(self.flush)
         self.memory_limit = config.memory * 1024 * 1024
 
@@ -265,12 +266,16 @@ class Server:
             uid = int(cfg.uid) if cfg.uid.isdigit() else pwd.getpwnam(cfg.uid).pw_uid
         except KeyError as e:
             raise OSError(errno.EINVAL, "cannot drop privileges: unknown user or group %s" % e)
+        if uid == 0:
+            log.warning("running as root: uid = %s in the configuration", cfg.uid)
+            return
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
         log.info("privileges dropped to uid %s (%d), gid %s (%d)", cfg.uid, uid, cfg.gid, gid)
 
     def start(self):
+        _raise_fd_limit()
         self.bind()
         self._open_access_log()     # as root, like the listeners
         self.drop_privileges()
@@ -491,7 +496,8 @@ class Server:
         self.router.close()
         self.handshakes.shutdown()
         self._reloader.shutdown(wait=False)
-        self._emperor_send(VASSAL_VOLUNTARY_STOP)
+        if not self._emperor_stopped:
+            self._emperor_send(VASSAL_VOLUNTARY_STOP)
         if self._access_file is not None:
             self._access_file.close()
         self.loop.close()
@@ -535,13 +541,30 @@ class Server:
         for byte in data:
             if byte == EMPEROR_TO_STOP_NOW:
                 log.info("the Emperor asks to stop now")
+                self._emperor_stopped = True
                 self.stop_now()
             elif byte == EMPEROR_TO_RELOAD:
                 log.info("the Emperor asks to reload")
                 self.reload()
             elif byte == EMPEROR_TO_STOP:
+                # Not sent by uWSGI's own Emperor (2 is a vassal's request
+                # for a config chunk there); honoured for other supervisors.
                 log.info("the Emperor asks to stop gracefully")
+                self._emperor_stopped = True
                 self.stop()
             else:
                 log.debug("unknown Emperor byte %d ignored", byte)
 
+
+def _raise_fd_limit():
+    """Each connection is a descriptor: use the hard limit, not the soft one."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("descriptor limit raised from %d to %d", soft, hard)
+    except (ImportError, ValueError, OSError) as e:
+        log.warning("cannot raise the descriptor limit: %s", e)

@@ -240,22 +240,33 @@ def wait_available(server, name, timeout=10):
     server.wait_log("node %s is available" % name, timeout)
 
 
-def http_request(port, raw, timeout=10, read_until_close=True):
-    """Send raw bytes, return everything received until close (or timeout)."""
+def _complete(data):
+    """True when ``data`` holds a whole response framed by Content-Length."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def http_request(port, raw, timeout=10):
+    """Send raw bytes; return what came back until close, or until one
+    response complete by its Content-Length (keep-alive), or the timeout."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(raw)
-        chunks = []
+        data = b""
         try:
-            while True:
-                data = s.recv(65536)
-                if not data:
+            while not _complete(data):
+                chunk = s.recv(65536)
+                if not chunk:
                     break
-                chunks.append(data)
-                if not read_until_close:
-                    break
+                data += chunk
         except socket.timeout:
             pass
-        return b"".join(chunks)
+        return data
 
 
 def read_response(sock, buf=b""):
