@@ -407,8 +407,10 @@ def parse(raw_lines, path="<config>", check_files=True):
         if vhost.ssl_binds or (config.ssl_binds and not vhost.binds):
             if vhost.certificate is None:
                 vhost.certificate = config.certificate
+                if vhost.key is None:
+                    vhost.key = config.key
             if vhost.key is None:
-                vhost.key = config.key or vhost.certificate
+                vhost.key = vhost.certificate     # a PEM holding both
 
     _resolve_paths(config)
     if not config.vhosts:
