@@ -170,7 +170,8 @@ def test_wss_echo(tls_server):
     async def talk():
         async with websockets.connect("wss://a.test:%d/ws" % server.tls_port,
                                       ssl=client_context(ca_path), max_size=None,
-                                      host="127.0.0.1", port=server.tls_port) as c:
+                                      host="127.0.0.1", port=server.tls_port,
+                                      server_hostname="a.test") as c:
             for m in ("hello", b"\x01" * 100000, "x" * (1 << 20)):
                 await c.send(m)
                 assert await c.recv() == m
