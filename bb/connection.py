@@ -401,6 +401,9 @@ class Connection:
             ex.mode = R_UNTIL_END
         ex.keep_alive = (req.keep_alive and not resp.close and ex.mode != R_UNTIL_END
                          and (not req.http10 or resp.keep_alive))
+        if not ex.keep_alive and not resp.close and not self.server.stopping:
+            # RFC 9112 §9.6: say that the connection closes after this.
+            head = head[:-2] + b"Connection: close\r\n\r\n"
         ex.head_sent = True
         self.write(head)
         ex.bytes_out += len(head)
