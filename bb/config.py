@@ -133,6 +133,7 @@ class Config:
         self.access_log = None
         self.heartbeat = 0.0
         self.header_timeout = 30.0
+        self.zmq_hwm = 10000
         self.vhosts = []
         self.warnings = []
         self.lines = {}             # (section, option) -> first line
@@ -261,6 +262,7 @@ GLOBAL_OPTIONS = {
     "access-log": ("access_log", _text, False),
     "heartbeat": ("heartbeat", _number(float, 0), False),
     "header-timeout": ("header_timeout", _number(float, 0.1), False),
+    "zmq-hwm": ("zmq_hwm", _number(int, 1), False),
 }
 
 VHOST_OPTIONS = {

@@ -213,8 +213,8 @@ class Router:
                 zsock = self.context.socket(zmq.ROUTER)
                 zsock.setsockopt(zmq.LINGER, 0)
                 zsock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-                zsock.setsockopt(zmq.SNDHWM, 10000)
-                zsock.setsockopt(zmq.RCVHWM, 10000)
+                zsock.setsockopt(zmq.SNDHWM, self._config.zmq_hwm)
+                zsock.setsockopt(zmq.RCVHWM, self._config.zmq_hwm)
                 try:
                     zsock.bind(endpoint)
                 except zmq.ZMQError as e:

@@ -144,13 +144,16 @@ class Node(threading.Thread):
     is kept in ``messages``.
     """
 
-    def __init__(self, endpoint, identity, handler=None, answer_pings=True, hello=True):
+    def __init__(self, endpoint, identity, handler=None, answer_pings=True, hello=True,
+                 rcvhwm=0, paused=0.0):
         super().__init__(daemon=True)
         self.endpoint = endpoint
         self.identity = identity.encode() if isinstance(identity, str) else identity
         self.handler = handler
         self.answer_pings = answer_pings
         self.hello = hello
+        self.rcvhwm = rcvhwm
+        self.paused = paused        # seconds to wait before reading at all
         self.messages = []
         self.ctx = zmq.Context.instance()
         self._halt = threading.Event()
@@ -163,13 +166,15 @@ class Node(threading.Thread):
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self.identity)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.connect(self.endpoint)
         if self.hello:
             sock.send_multipart([b"", b"pong", b""])
         self.sock = sock
         self._ready.set()
+        if self.paused:
+            time.sleep(self.paused)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         while not self._halt.is_set():

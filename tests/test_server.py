@@ -3,6 +3,7 @@
 import hashlib
 import os
 import random
+import re
 import selectors
 import socket
 import threading
@@ -553,3 +554,79 @@ def test_thousand_concurrent_connections(served):
         s.close()
     assert done == 1000
     after_check(server)
+
+
+def test_full_node_pipe_pauses_the_client_and_loses_nothing(make_server, nodes):
+    """ROUTER_MANDATORY: zmq.Again is back-pressure, never a dropped message."""
+    digests = {}
+
+    def handler(node, sid, mtype, body):
+        if mtype == b"uwsgi":
+            digests[sid] = [hashlib.sha256(), 0]
+        elif mtype == b"body":
+            entry = digests[sid]
+            entry[0].update(body)
+            entry[1] += len(body)
+            if entry[1] == 8 << 20:
+                digest = entry[0].hexdigest().encode()
+                node.sock.send_multipart([sid, b"headers", b"HTTP/1.1 200 OK\r\n"
+                                          b"Content-Length: %d\r\n\r\n" % len(digest)])
+                node.sock.send_multipart([sid, b"body", digest])
+
+    server = make_server(VHOST, global_extra="zmq-hwm = 4\nping-freq = 3\n").start()
+    node = start_node(server, handler=handler, rcvhwm=4, paused=1.5)
+    nodes.append(node)
+    server.wait_log("node node1 is available")
+    payload = os.urandom(8 << 20)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"PUT / HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n"
+                  % len(payload) + payload)
+        status, _, body, _ = read_response(s)
+    assert body == hashlib.sha256(payload).hexdigest().encode()
+    server.signal(__import__("signal").SIGUSR1)
+    server.wait_log("zmq_backpressure=")
+    assert int(re.search(r"zmq_backpressure=(\d+)", server.log()).group(1)) > 0
+    node.handler = hello_handler()
+    after_check(server)
+
+
+def test_ipv6_listener(make_server, nodes):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no ::1 here")
+    from conftest import free_port
+    port6 = free_port()
+    server = make_server(VHOST, global_extra="bind = ::1:%d\n" % port6).start()
+    nodes.append(start_node(server))
+    wait_available(server, "node1")
+    with socket.create_connection(("::1", port6), timeout=10) as s:
+        s.sendall(get(port6))
+        status, _, body, _ = read_response(s)
+    assert body == b"hello"
+    env = uwsgi_to_dict(nodes[0].of_type(b"uwsgi")[-1][2])
+    assert env[b"REMOTE_ADDR"] == b"::1"
+
+
+def test_several_routers_and_a_vhost_with_its_own(make_server, nodes):
+    from conftest import Node, free_port
+    second = "tcp://127.0.0.1:%d" % free_port()
+    private = "tcp://127.0.0.1:%d" % free_port()
+    server = make_server(VHOST + "[blastbeat:private]\nnode = node1\nzmq = %s\n" % private,
+                         global_extra="zmq = %s\n" % second).start()
+    # node1 of the global vhost talks on the second global ROUTER
+    public_node = Node(second, "node1", hello_handler(b"public"))
+    # a node of the same name on the private ROUTER is another node
+    private_node = Node(private, "node1", hello_handler(b"private"))
+    for n in (public_node, private_node):
+        n.start()
+        n._ready.wait(5)
+        nodes.append(n)
+    time.sleep(1.5)
+    assert http_request(server.port, get(server.port)).endswith(b"public")
+    assert http_request(server.port, get(server.port, host="private")).endswith(b"private")
+    assert public_node.pings > 0 and private_node.pings > 0
