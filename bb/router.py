@@ -39,6 +39,7 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
 BATCH = 512
+ZERO_COPY_MIN = 1 << 16
 PENDING_RETRY = 0.005
 
 # Results of Router.send
@@ -353,7 +354,8 @@ class Router:
             else:
                 _zsend(zsock, session.sid, _MORE)
                 _zsend(zsock, mtype, _MORE)
-                _zsend(zsock, body, _NOBLOCK)
+                # Large bodies go zero-copy (pyzmq keeps a reference).
+                _zsend(zsock, body, _NOBLOCK, len(body) < ZERO_COPY_MIN)
                 return SENT
         return self._send(node, (node.identity, session.sid, mtype, body), session.conn)
 

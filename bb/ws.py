@@ -221,10 +221,11 @@ def unmask(data, mask):
     if n < 512:
         full = (mask * (n // 4 + 1))[:n]
         return (int.from_bytes(data, "little") ^ int.from_bytes(full, "little")).to_bytes(n, "little")
-    out = bytearray(data)
+    # A bytearray (no final copy): ZeroMQ and sockets take any buffer.
+    out = bytearray(n)
     for i in range(4):
         out[i::4] = data[i::4].translate(_XOR_TABLES[mask[i]])
-    return bytes(out)
+    return out
 
 
 def encode_frame(opcode, payload, fin=True, rsv1=False, mask=None):

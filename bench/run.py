@@ -74,9 +74,10 @@ class Setup:
         with open(conf, "w") as f:
             f.write("[blastbeat]\nbind = 127.0.0.1:%d\nzmq = %s\nstats-freq = 0\n"
                     "uid = %s\ngid = %s\nwritequeue-buffer = 67108864\n%s%s\n"
-                    "[blastbeat:localhost]\nnode = hello\nalias = 127.0.0.1:%d\nalias = 127.0.0.1:%s\n" % (
+                    "[blastbeat:localhost]\nnode = hello\nalias = 127.0.0.1:%d\n%s" % (
                         self.port, self.zmq, "root" if os.getuid() == 0 else os.getlogin(),
-                        "root" if os.getuid() == 0 else "nogroup", cert, extra, self.port, self.tls_port))
+                        "root" if os.getuid() == 0 else "nogroup", cert, extra, self.port,
+                        "alias = 127.0.0.1:%d\n" % self.tls_port if tls else ""))
         env = dict(os.environ, PYTHONPATH=ROOT)
         self.log = open(os.path.join(self.dir, "server.log"), "wb")
         self.server = subprocess.Popen([sys.executable, "-m", "bb", conf], env=env,
@@ -86,10 +87,15 @@ class Setup:
         deadline = time.time() + 10
         while time.time() < deadline:
             with open(os.path.join(self.dir, "server.log")) as f:
-                if "node hello is available" in f.read():
-                    break
+                log = f.read()
+            if "node hello is available" in log:
+                break
+            if self.server.poll() is not None:
+                self.node.kill()
+                raise SystemExit("server exited:\n" + log)
             time.sleep(0.1)
         else:
+            self.close()
             raise SystemExit("server or node did not come up")
 
     def close(self):
@@ -211,7 +217,10 @@ def ws_echo(port, clients, size, duration):
                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         buf = b""
         while b"\r\n\r\n" not in buf:
-            buf += s.recv(4096)
+            data = s.recv(4096)
+            if not data:
+                raise SystemExit("WebSocket handshake refused")
+            buf += data
         s.setblocking(False)
         conns.append(s)
         sel.register(s, selectors.EVENT_READ, [ws.FrameParser(require_mask=False,
@@ -279,7 +288,7 @@ def main():
     args = p.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
-    print("python %s, %d cores" % (sys.version.split()[0], os.cpu_count()))
+    print("python %s, %d cores" % (sys.version.split()[0], os.cpu_count()), flush=True)
     only = args.only.split(",")
     if "http" in only:
         bench_http(args.duration)
