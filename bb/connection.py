@@ -311,8 +311,9 @@ class Connection:
         session = self.session
         if session is not None and not session.ended:
             if session.vhost is vhost:
-                if not session.node.available:
-                    self.router.move_session(session)
+                if not session.node.available and not self.router.move_session(session):
+                    self.fail(503, "no node of %s is available" % vhost.name, ex)
+                    return False
                 return True
             # A keep-alive connection that changes virtual host starts over.
             self.router.end_session(session)
@@ -400,8 +401,9 @@ class Connection:
         else:
             ex.mode = R_UNTIL_END
         ex.keep_alive = (req.keep_alive and not resp.close and ex.mode != R_UNTIL_END
-                         and (not req.http10 or resp.keep_alive))
-        if not ex.keep_alive and not resp.close and not self.server.stopping:
+                         and (not req.http10 or resp.keep_alive)
+                         and not self.server.stopping)
+        if not ex.keep_alive and not resp.close:
             # RFC 9112 §9.6: say that the connection closes after this.
             head = head[:-2] + b"Connection: close\r\n\r\n"
         ex.head_sent = True
@@ -462,6 +464,11 @@ class Connection:
             ex.mode = R_UNTIL_END
             ex.head_sent = True
             ex.keep_alive = False
+        if ex.mode == R_LENGTH:
+            # The head announced a length: chunk data is counted as body.
+            if body:
+                self.node_body(body)
+            return
         if ex.req.http10 or ex.mode == R_UNTIL_END:
             if body:
                 self.write(body)

@@ -1,31 +1,17 @@
 """A demo node: answers every request with a small page, echoes WebSockets.
 
 Run it beside the server (``python3 -m bb.demo_node``) to see BlastBeat
-answer; it is also the node the benchmark and the README use.  It is the
-seed's Ruby example, in Python 3: decode the uwsgi env, answer ``ping``,
-send ``headers`` + ``body``, echo ``websocket`` messages.
+answer; it is the node of the README's first command.  It does what
+the seed's Ruby example does, in Python 3: decode the uwsgi env, answer
+``ping``, send ``headers`` + ``body``, echo ``websocket`` messages.
 """
 
 import argparse
-import struct
 import sys
 
 import zmq
 
-
-def uwsgi_to_dict(msg):
-    (ulen,) = struct.unpack("<H", msg[1:3])
-    pos = 4
-    env = {}
-    while pos < ulen:
-        (klen,) = struct.unpack("<H", msg[pos:pos + 2])
-        k = msg[pos + 2:pos + 2 + klen]
-        pos += 2 + klen
-        (vlen,) = struct.unpack("<H", msg[pos:pos + 2])
-        v = msg[pos + 2:pos + 2 + vlen]
-        pos += 2 + vlen
-        env[k] = v
-    return env
+from .uwsgi import decode as uwsgi_to_dict
 
 
 def main(argv=None):

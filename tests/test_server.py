@@ -478,6 +478,15 @@ def test_garbage_clients_do_not_hurt_others(served):
     after_check(server)
 
 
+def slow_reader(server, path):
+    """A client that asks for ``path`` and then never reads."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", server.port))
+    s.sendall(get(server.port, path))
+    return s
+
+
 def test_slow_reader_closed_at_writequeue_buffer(make_server, nodes):
     big = b"x" * (8 << 20)
 
@@ -491,10 +500,7 @@ def test_slow_reader_closed_at_writequeue_buffer(make_server, nodes):
     node = start_node(server, handler=handler)
     nodes.append(node)
     wait_available(server, "node1")
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", server.port))
-    s.sendall(get(server.port))
+    s = slow_reader(server, "/")
     node.wait_for(lambda: node.of_type(b"end"), timeout=20)
     server.wait_log("over writequeue-buffer")
     s.close()
@@ -518,10 +524,7 @@ def test_memory_limit_503(make_server, nodes):
     node = start_node(server, handler=handler)
     nodes.append(node)
     wait_available(server, "node1")
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", server.port))
-    s.sendall(get(server.port, "/big"))
+    s = slow_reader(server, "/big")
     time.sleep(1)
     raw = http_request(server.port, get(server.port))
     assert raw.startswith(b"HTTP/1.1 503") and b"memory" in raw
