@@ -633,3 +633,69 @@ def test_several_routers_and_a_vhost_with_its_own(make_server, nodes):
     assert http_request(server.port, get(server.port)).endswith(b"public")
     assert http_request(server.port, get(server.port, host="private")).endswith(b"private")
     assert public_node.pings > 0 and private_node.pings > 0
+
+
+def test_204_and_304_keep_the_connection(make_server, nodes):
+    def handler(node, sid, mtype, body):
+        if mtype == b"uwsgi":
+            path = uwsgi_to_dict(body)[b"PATH_INFO"]
+            if path == b"/204":
+                node.send(sid, b"headers", b"HTTP/1.1 204 No Content\r\n\r\n")
+            elif path == b"/304":
+                node.send(sid, b"headers", b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n")
+            else:
+                hello_handler()(node, sid, mtype, body)
+
+    server = make_server(VHOST).start()
+    nodes.append(start_node(server, handler=handler))
+    wait_available(server, "node1")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        for path in ("/204", "/304"):
+            s.sendall(get(server.port, path))
+            data = b""
+            while not data.endswith(b"\r\n\r\n"):
+                data += s.recv(1000)
+            assert data.split(b" ")[1] == path[1:].encode()
+        s.sendall(get(server.port))
+        assert read_response(s)[2] == b"hello"
+
+
+def test_env_over_64k_gets_431(make_server, nodes):
+    server = make_server(VHOST, global_extra="max-headers = 1000\n").start()
+    nodes.append(start_node(server))
+    wait_available(server, "node1")
+    # 1000 headers: a 63 KB head (under the 64 KiB limit), a 68 KB env.
+    big = b"".join(b"X-%s-%04d: v\r\n" % (b"n" * 51, i) for i in range(1000))
+    assert len(big) < 65000
+    raw = http_request(server.port, b"GET / HTTP/1.1\r\nHost: localhost\r\n" + big + b"\r\n")
+    assert raw.startswith(b"HTTP/1.1 431")
+    assert nodes[0].of_type(b"uwsgi") == []
+    after_check(server)
+
+
+def test_malformed_and_unknown_messages_are_counted_and_ignored(served):
+    server, node = served
+    sock = node.sock
+    node.send(b"", b"pong")     # keep it alive, then junk from the node thread
+    with node._out_lock:
+        node._out.extend([[b"only-one-part"][:1] + [b"x", b"y", b"z", b"w"],
+                          [b"\x00" * 16, b"nonsense-type", b""],
+                          [b"\x01" * 16, b"body", b"no such sid"]])
+    time.sleep(0.5)
+    server.signal(__import__("signal").SIGUSR1)
+    server.wait_log("zmq_malformed=1 ")
+    assert "zmq_unknown_sid=2" in server.log()
+    after_check(server)
+
+
+def test_vhost_with_own_bind_is_served_only_there(make_server, nodes):
+    from conftest import free_port
+    own = free_port()
+    server = make_server(VHOST + "[blastbeat:mine]\nnode = node1\nbind = 127.0.0.1:%d\n" % own)
+    server.start()
+    server.wait_listening(own)
+    nodes.append(start_node(server))
+    wait_available(server, "node1")
+    assert http_request(own, get(own, host="mine")).endswith(b"hello")
+    assert http_request(server.port, get(server.port, host="mine")).startswith(b"HTTP/1.1 404")
+    assert http_request(own, get(own, host="localhost")).startswith(b"HTTP/1.1 404")
