@@ -43,7 +43,7 @@ R_LENGTH, R_CHUNKED, R_UNTIL_END, R_NONE = range(4)
 class Exchange:
     """One request and its response."""
 
-    __slots__ = ("req", "body_reader", "env", "body_kept", "body_done", "hops",
+    __slots__ = ("req", "body_reader", "env", "body_kept", "body_kept_size", "body_done", "hops",
                  "head_sent", "mode", "remaining", "keep_alive", "raw_chunk_reader",
                  "status", "bytes_out", "started", "vhost", "expect_pending")
 
@@ -53,6 +53,7 @@ class Exchange:
         self.body_reader = None
         self.env = None
         self.body_kept = []         # body pieces kept for a retry (None: too big)
+        self.body_kept_size = 0
         self.body_done = True
         self.hops = 0
         self.head_sent = False
@@ -188,6 +189,10 @@ class Connection:
             self.ws.feed(data)
             return
         ex = self.exchange
+        if ex is None and self.inbuf:
+            # Pipelined bytes received earlier come first.
+            data = self.inbuf + data
+            self.inbuf = b""
         while not self.closed:
             if ex is not None:
                 if ex.body_reader is not None:
@@ -234,8 +239,10 @@ class Connection:
             log.info("%r bad request body (%d): %s", self, e.status, e.message)
             self.fail(e.status, e.message)
             return None
-        for piece in pieces:
-            self._send_body(ex, piece)
+        if pieces:
+            # One message per read, however the client chunked it: a body
+            # of one-byte chunks must not become a message per byte.
+            self._send_body(ex, pieces[0] if len(pieces) == 1 else b"".join(pieces))
         if done:
             rest = ex.body_reader.rest
             if isinstance(ex.body_reader, http.ChunkedReader):
@@ -250,8 +257,8 @@ class Connection:
             return
         kept = ex.body_kept
         if kept is not None and keep:
-            size = sum(len(p) for p in kept) + len(piece)
-            if size <= RETRY_BODY_LIMIT:
+            ex.body_kept_size += len(piece)
+            if ex.body_kept_size <= RETRY_BODY_LIMIT:
                 kept.append(piece)
             else:
                 ex.body_kept = None
@@ -552,12 +559,13 @@ class Connection:
         if self.paused & PAUSE_PIPELINE:
             self.resume(PAUSE_PIPELINE)
         if self.inbuf:
-            data, self.inbuf = self.inbuf, b""
-            self.loop.call_soon(self._feed_pipelined, data)
+            # Not now: we may be deep in a ZeroMQ batch.  feed() takes
+            # inbuf first, whoever calls it next.
+            self.loop.call_soon(self._feed_pipelined)
 
-    def _feed_pipelined(self, data):
-        if not self.closed and not self.closing:
-            self.feed(data)
+    def _feed_pipelined(self):
+        if not self.closed and not self.closing and self.exchange is None and self.inbuf:
+            self.feed(b"")
 
     # -- errors --------------------------------------------------------------------------------
 

@@ -277,8 +277,38 @@ def bench_tls(duration):
         http_scenario("TLS handshake per request, 50", setup,
                       "https://127.0.0.1:%d/" % setup.tls_port, 50, duration,
                       headers=["Connection: close"])
+        for resume in (False, True):
+            rate = tls_handshakes(setup, duration, resume)
+            print("%-34s %9.0f handshakes/s (one Python client, sequential)" % (
+                "resumed sessions" if resume else "full handshakes", rate), flush=True)
     finally:
         setup.close()
+
+
+def tls_handshakes(setup, duration, resume):
+    """Sequential connect + request + close, with or without session reuse."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    session = None
+    done = reused = 0
+    end = time.time() + duration
+    while time.time() < end:
+        raw = socket.create_connection(("127.0.0.1", setup.tls_port))
+        s = ctx.wrap_socket(raw, server_hostname="localhost",
+                            session=session if resume else None)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        while s.recv(65536):
+            pass
+        reused += s.session_reused
+        if resume:
+            session = s.session
+        s.close()
+        done += 1
+    if resume and reused < done // 2:
+        print("  (only %d of %d sessions were resumed)" % (reused, done))
+    return done / duration
 
 
 def main():

@@ -699,3 +699,18 @@ def test_vhost_with_own_bind_is_served_only_there(make_server, nodes):
     assert http_request(own, get(own, host="mine")).endswith(b"hello")
     assert http_request(server.port, get(server.port, host="mine")).startswith(b"HTTP/1.1 404")
     assert http_request(own, get(own, host="localhost")).startswith(b"HTTP/1.1 404")
+
+
+def test_tiny_chunks_do_not_become_a_message_each(make_server, nodes):
+    server = make_server(VHOST).start()
+    node = start_node(server, handler=answer_at_body_end)
+    nodes.append(node)
+    wait_available(server, "node1")
+    body = b"".join(b"1\r\n%c\r\n" % (65 + i % 26) for i in range(20000)) + b"0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  + body)
+        assert read_response(s)[0] == 200
+    pieces = [b for _, t, b in node.messages if t == b"body"]
+    assert b"".join(pieces) == bytes(65 + i % 26 for i in range(20000))
+    assert len(pieces) < 100

@@ -253,3 +253,14 @@ def test_bad_handshakes(ws_server, extra, status):
     assert raw.startswith(b"HTTP/1.1 %d" % status)
     if status == 426:
         assert b"Sec-WebSocket-Version: 13\r\n" in raw
+
+
+def test_dropped_tcp_connection_sends_end(ws_server):
+    server, node = ws_server
+    client = RawClient(server)
+    client.send(masked(ws.OP_TEXT, b"hi"))
+    node.wait_for(lambda: node.of_type(b"websocket"))
+    client.sock.close()                 # no close frame
+    node.wait_for(lambda: node.of_type(b"end"))
+    sid = node.of_type(b"websocket")[-1][0]
+    assert [m for m in node.of_type(b"end") if m[0] == sid] == [(sid, b"end", b"")]
