@@ -184,9 +184,14 @@ class Loop:
         threadsafe = self._threadsafe
         pending_signals = self._pending_signals
         monotonic = time.monotonic
+        prepare = self._prepare
+        check = self._check
         while self._running:
-            for hook in self._prepare:
-                hook()
+            for hook in prepare:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("unhandled error in prepare hook %r", hook)
             if ready or threadsafe or pending_signals or not self._running:
                 timeout = 0
             elif timers:
@@ -224,8 +229,11 @@ class Loop:
                     timer.when = max(timer.when + timer.interval, now)
                     heapq.heappush(timers, timer)
                 self._guard(timer.callback, *timer.args)
-            for hook in self._check:
-                hook()
+            for hook in check:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("unhandled error in check hook %r", hook)
 
     def _compact_timers(self):
         """Drop cancelled timers so that closed connections free their memory."""

@@ -123,3 +123,19 @@ def test_closed_watcher_gets_no_events_in_the_same_batch():
     loop.close()
     for s in (a1, b1, a2, b2):
         s.close()
+
+
+def test_a_failing_hook_does_not_stop_the_loop():
+    loop = Loop()
+    runs = []
+
+    def bad_hook():
+        runs.append(1)
+        raise RuntimeError("boom")
+
+    loop.add_prepare(bad_hook)
+    loop.add_check(bad_hook)
+    loop.call_later(0.02, loop.stop)
+    loop.run()
+    assert len(runs) >= 2
+    loop.close()

@@ -3,6 +3,7 @@
 import asyncio
 import hashlib
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -21,7 +22,7 @@ def pki(tmp_path):
     ca_path = ca.write(tmp_path / "ca.pem")
     a = ca.write_leaf(tmp_path, "a", ["a.test"])
     b = ca.write_leaf(tmp_path, "b", ["b.test"])
-    return ca_path, a, b
+    return ca_path, a, b, ca
 
 
 def client_context(ca_path):
@@ -73,15 +74,16 @@ def big_handler():
 
 @pytest.fixture
 def tls_server(make_server, nodes, pki):
-    ca_path, a, b = pki
+    ca_path, a, b, ca = pki
     tls_port = __import__("conftest").free_port()
     body = ("[blastbeat:a.test]\nnode = na\ncertificate = %s\nkey = %s\n"
             "[blastbeat:b.test]\nnode = nb\ncertificate = %s\nkey = %s\n"
             "[blastbeat:plain]\nnode = na\nbind = 127.0.0.1:{port}\n" % (a + b))
     # The node pushes 16 MiB at once: the queue for one client must hold it.
-    server = make_server(body, global_extra="bind-ssl = 127.0.0.1:%d\n"
-                         "writequeue-buffer = 67108864\n" % tls_port)
+    global_extra = "bind-ssl = 127.0.0.1:%d\nwritequeue-buffer = 67108864\n" % tls_port
+    server = make_server(body, global_extra=global_extra)
     server.tls_port = tls_port
+    server.ca, server.a_files, server.body, server.global_extra = ca, a, body, global_extra
     server.start()
     server.wait_listening(tls_port)
     na = start_node(server, "na", big_handler())
@@ -227,3 +229,21 @@ def test_hostile_tls_clients_do_not_stall_plain_http(tls_server):
         c.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
         assert read_response(c)[0] == 200
     server.wait_log("TLS handshake with")
+
+
+def test_reload_switches_certificates(tls_server):
+    server, ca_path, na, nb = tls_server
+    ctx = client_context(ca_path)
+
+    def serial():
+        with tls_connect(server.tls_port, ctx, "a.test") as s:
+            return s.getpeercert()["serialNumber"]
+
+    before = serial()
+    # a new certificate for a.test from the same CA, in new files
+    crt, key = server.ca.write_leaf(server.tmp_path, "a2", ["a.test"])
+    server.rewrite(server.body.replace(server.a_files[0], crt).replace(server.a_files[1], key),
+                   global_extra=server.global_extra)
+    server.signal(signal.SIGHUP)
+    server.wait_log("configuration reloaded")
+    assert serial() != before
