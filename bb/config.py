@@ -427,6 +427,8 @@ def parse(raw_lines, path="<config>", check_files=True):
                           "nothing to listen on; expected bind = ADDR:PORT",
                           section=GLOBAL_SECTION)
     _check_duplicate_binds(config)
+    if os.getuid() == 0:
+        _check_user(config)
     if check_files:
         from . import tls
         tls.check_config(config)
@@ -478,6 +480,23 @@ def _apply(target, section, options, path, section_name, config):
             items.append(parsed)
         else:
             setattr(target, attr, parsed)
+
+
+def _check_user(config):
+    """Started as root, the server switches to uid/gid: they must exist."""
+    import grp
+    import pwd
+    for option, value, lookup in (("uid", config.uid, pwd.getpwnam),
+                                  ("gid", config.gid, grp.getgrnam)):
+        if value.isdigit():
+            continue
+        try:
+            lookup(value)
+        except KeyError:
+            raise ConfigError(config.path, config.lines.get((GLOBAL_SECTION, option)),
+                              option, "no such %s %r (the server switches to it when "
+                              "started as root)" % ("user" if option == "uid" else "group",
+                                                    value), section=GLOBAL_SECTION) from None
 
 
 def _check_duplicate_binds(config):

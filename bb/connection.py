@@ -580,9 +580,7 @@ class Connection:
             ex.head_sent = True
             self.server.access(self, ex)
         self.exchange = None
-        self.out.clear()
-        self.server.buffered -= self.outlen
-        self.outlen = 0
+        # Whatever is queued (an earlier pipelined response) goes out first.
         self.write(http.error_response(status, message,
                                        extra_headers))
         self.close_after_flush()

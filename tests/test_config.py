@@ -207,3 +207,12 @@ def test_cli_exit_codes(tmp_path):
 def test_shipped_example_config_is_valid():
     result = run_cli("-t", os.path.join(ROOT, "conf", "blastbeat.ini"))
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="checked only when run as root")
+def test_unknown_user_is_a_config_error(tmp_path):
+    path = tmp_path / "u.ini"
+    path.write_text("[blastbeat]\nbind = :80\nzmq = tcp://a:1\nuid = no-such-user-here\n"
+                    "[blastbeat:a]\nnode = n\n")
+    result = run_cli("-t", str(path))
+    assert result.returncode == 1 and "u.ini:4: [blastbeat] uid: no such user" in result.stderr

@@ -714,3 +714,13 @@ def test_tiny_chunks_do_not_become_a_message_each(make_server, nodes):
     pieces = [b for _, t, b in node.messages if t == b"body"]
     assert b"".join(pieces) == bytes(65 + i % 26 for i in range(20000))
     assert len(pieces) < 100
+
+
+def test_bad_request_after_a_pipelined_good_one(served):
+    server, node = served
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(get(server.port) + b"BROKEN\r\n\r\n")
+        status, _, body, rest = read_response(s)
+        assert (status, body) == (200, b"hello")
+        status, _, body, _ = read_response(s, rest)
+        assert status == 400
