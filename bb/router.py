@@ -246,9 +246,6 @@ class Router:
             zsock.close(0)
         self._watchers.clear()
 
-    def endpoints(self):
-        return [e for g in self.groups.values() for e in g.endpoints]
-
     # -- reload ----------------------------------------------------------------
 
     def reconfigure(self, config):

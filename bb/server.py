@@ -57,10 +57,6 @@ class Listener:
         self.accepting = False
         self._resume_timer = None
 
-    @property
-    def key(self):
-        return (self.address.key, self.tls)
-
     def __str__(self):
         return "%s%s" % ("https://" if self.tls else "http://", self.address)
 

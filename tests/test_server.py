@@ -675,7 +675,6 @@ def test_env_over_64k_gets_431(make_server, nodes):
 
 def test_malformed_and_unknown_messages_are_counted_and_ignored(served):
     server, node = served
-    sock = node.sock
     node.send(b"", b"pong")     # keep it alive, then junk from the node thread
     with node._out_lock:
         node._out.extend([[b"only-one-part"][:1] + [b"x", b"y", b"z", b"w"],

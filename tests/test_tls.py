@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import ssl
-import threading
 import time
 
 import pytest
