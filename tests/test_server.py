@@ -417,8 +417,12 @@ def test_no_node_503_and_broken_head_502(make_server, nodes):
     assert raw.startswith(b"HTTP/1.1 502")
 
 
-def test_sessions_limit_503(make_server, nodes):
-    server = make_server("[blastbeat:localhost]\nnode = node1\nsessions = 1\n").start()
+@pytest.mark.parametrize("where", ["vhost", "global"])
+def test_sessions_limit_503(make_server, nodes, where):
+    if where == "vhost":
+        server = make_server("[blastbeat:localhost]\nnode = node1\nsessions = 1\n").start()
+    else:
+        server = make_server(VHOST, global_extra="sessions = 1\n").start()
     node = start_node(server, handler=lambda *a: None)
     nodes.append(node)
     wait_available(server, "node1")

@@ -121,6 +121,7 @@ class RawClient:
         while b"\r\n\r\n" not in buf:
             buf += self.sock.recv(4096)
         head, self.rest = buf.split(b"\r\n\r\n", 1)
+        self.head = head
         assert head.startswith(b"HTTP/1.1 101"), head
         assert ws.accept_key(key) in head
         self.parser = ws.FrameParser(require_mask=False)
@@ -264,3 +265,23 @@ def test_dropped_tcp_connection_sends_end(ws_server):
     node.wait_for(lambda: node.of_type(b"end"))
     sid = node.of_type(b"websocket")[-1][0]
     assert [m for m in node.of_type(b"end") if m[0] == sid] == [(sid, b"end", b"")]
+
+
+def test_permessage_deflate_is_negotiated_when_offered(ws_server):
+    server, node = ws_server
+    plain = RawClient(server)
+    assert b"Sec-WebSocket-Extensions" not in plain.head
+    offered = RawClient(server, b"Sec-WebSocket-Extensions: permessage-deflate; "
+                                b"client_max_window_bits\r\n")
+    assert b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n" in offered.head + b"\r\n"
+    # a compressed message from the node comes back with RSV1 and inflates
+    parser = ws.FrameParser(require_mask=False, deflate=ws.Deflate())
+    text = b"compress me " * 50
+    offered.send(masked(ws.OP_TEXT, text))
+    offered.sock.settimeout(5)
+    events = []
+    while not events:
+        events = parser.feed(offered.sock.recv(65536))
+    assert events == [(ws.MESSAGE, False, text)]
+    plain.sock.close()
+    offered.sock.close()
