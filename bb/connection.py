@@ -281,7 +281,7 @@ class Connection:
                 self.fail(400, "unsupported Upgrade", ex)
                 return None
             return wsendpoint.upgrade(self, ex, req, vhost)
-        if not self._ensure_session(ex, vhost):
+        if not self.ensure_session(ex, vhost):
             return None
         if server.over_memory():
             self.fail(503, "server memory limit reached", ex)
@@ -314,7 +314,7 @@ class Connection:
             return b"%d" % self.listener.port if self.listener.port != 443 else b"443"
         return b"80"
 
-    def _ensure_session(self, ex, vhost):
+    def ensure_session(self, ex, vhost):
         session = self.session
         if session is not None and not session.ended:
             if session.vhost is vhost:
@@ -352,8 +352,6 @@ class Connection:
                 self.fail(503 if not old.available else 502,
                           "no other node of %s is available" % session.vhost.name, ex)
                 return False
-            if session.node is not old:
-                self.router._send(old, (old.identity, session.sid, b"end", b""), None)
             log.info("%r request retried on node %s (hop %d)", self, session.node.name, ex.hops)
             if self.router.send(session, b"uwsgi", ex.env) == FAILED:
                 continue

@@ -309,13 +309,20 @@ class Router:
         return session
 
     def move_session(self, session):
-        """Pin ``session`` to another available node (retry).  False if none."""
+        """Pin ``session`` to another available node (retry, node off).
+
+        The node it leaves gets ``end``: the sid is over for it.  Returns
+        False when no node is available."""
         node = self.choose_node(session.vhost, exclude=session.node)
         if node is None:
             return False
-        session.node.sessions -= 1
-        node.sessions += 1
-        session.node = node
+        old = session.node
+        if node is not old:
+            old.sessions -= 1
+            node.sessions += 1
+            session.node = node
+            old.blocked.discard(session.conn)
+            self._send(old, (old.identity, session.sid, b"end", b""), None)
         return True
 
     def end_session(self, session, notify=True):

@@ -28,7 +28,7 @@ def upgrade(conn, ex, req, vhost):
     except http.HTTPError as e:
         conn.fail(e.status, e.message, ex, getattr(e, "headers", b""))
         return None
-    if not conn._ensure_session(ex, vhost):
+    if not conn.ensure_session(ex, vhost):
         return None
     if conn.server.over_memory():
         conn.fail(503, "server memory limit reached", ex)
