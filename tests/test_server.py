@@ -727,3 +727,34 @@ def test_bad_request_after_a_pipelined_good_one(served):
         assert (status, body) == (200, b"hello")
         status, _, body, _ = read_response(s, rest)
         assert status == 400
+
+
+def test_node_dying_mid_response_closes_its_clients_only(make_server, nodes):
+    def half(node, sid, mtype, body):
+        if mtype == b"uwsgi":
+            node.send(sid, b"headers", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+            node.send(sid, b"body", b"12345")
+
+    server = make_server("[blastbeat:localhost]\nnode = dying\n[blastbeat:other]\nnode = node1\n")
+    server.start()
+    dying = start_node(server, "dying", half)
+    healthy = start_node(server, "node1")
+    nodes.extend([dying, healthy])
+    wait_available(server, "dying")
+    wait_available(server, "node1")
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(get(server.port))
+    dying.wait_for(lambda: dying.of_type(b"uwsgi"))
+    dying.stop()                        # gone: no more pongs
+    data = b""
+    while True:
+        chunk = s.recv(1000)
+        if not chunk:
+            break
+        data += chunk
+    assert data.endswith(b"12345")      # truncated, then closed: never hangs
+    server.wait_log("node dying is off")
+    raw = http_request(server.port, get(server.port, host="other"))
+    assert raw.endswith(b"hello")
+    raw = http_request(server.port, get(server.port))
+    assert raw.startswith(b"HTTP/1.1 503")
