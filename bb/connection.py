@@ -45,7 +45,7 @@ class Exchange:
 
     __slots__ = ("req", "body_reader", "env", "body_kept", "body_kept_size", "body_done", "hops",
                  "head_sent", "mode", "remaining", "keep_alive", "raw_chunk_reader",
-                 "status", "bytes_out", "started", "vhost", "expect_pending")
+                 "status", "bytes_out", "started", "vhost")
 
     def __init__(self, req, vhost, started):
         self.req = req
@@ -64,7 +64,6 @@ class Exchange:
         self.status = 0
         self.bytes_out = 0
         self.started = started
-        self.expect_pending = False
 
 
 class Connection:
@@ -310,9 +309,9 @@ class Connection:
     def server_port(self, vhost):
         if vhost.server_port is not None:
             return b"%d" % vhost.server_port
-        if self.tls:
-            return b"%d" % self.listener.port if self.listener.port != 443 else b"443"
-        return b"80"
+        # No port in the name: the scheme's default on plain HTTP (spec
+        # §4.2), the listener's on TLS (443 on the usual port).
+        return b"%d" % self.listener.port if self.tls else b"80"
 
     def ensure_session(self, ex, vhost):
         session = self.session
@@ -386,7 +385,8 @@ class Connection:
         req = ex.req
         ex.status = resp.status
         if resp.status < 200:
-            if resp.status != 101:
+            # Interim responses: never to HTTP/1.0 clients (RFC 9110 §15.2).
+            if resp.status != 101 and not req.http10:
                 self.write(resp.head)
                 ex.bytes_out += len(resp.head)
             return
