@@ -59,7 +59,7 @@ class Node:
     """A backend known by its ZeroMQ identity on one group of ROUTERs."""
 
     __slots__ = ("name", "identity", "group", "zsock", "available", "last_seen",
-                 "sessions", "pending", "blocked", "vhosts")
+                 "sessions", "pending", "blocked", "vhosts", "failing")
 
     def __init__(self, name, group):
         self.name = name
@@ -72,6 +72,7 @@ class Node:
         self.pending = collections.deque()   # frames waiting for room
         self.blocked = set()                 # connections paused for it
         self.vhosts = set()
+        self.failing = False
 
     def __repr__(self):
         return "Node(%s)" % self.name
@@ -507,9 +508,18 @@ class Router:
         if node.available:
             node.available = False
             log.warning("node %s is off: %s", node.name, why)
-        # Requests waiting on it go to another node, or get 502.
-        for session in [s for s in self.sessions.values() if s.node is node]:
-            session.conn.node_lost()
+        if node.failing:
+            # Moving its sessions sends it `end`, which fails again: the
+            # outer call is already taking care of every session.
+            return
+        node.failing = True
+        try:
+            # Requests waiting on it go to another node, or get 502/503.
+            for session in [s for s in self.sessions.values() if s.node is node]:
+                if session.node is node and not session.ended:
+                    session.conn.node_lost()
+        finally:
+            node.failing = False
 
     def _ping(self):
         now = self.loop.now

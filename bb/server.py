@@ -356,7 +356,8 @@ class Server:
     def stats_line(self):
         return ("stats: connections=%d sessions=%d nodes_up=%d/%d buffered=%d "
                 "requests=%d bad_requests=%d timeouts=%d slow_clients=%d "
-                "zmq_malformed=%d zmq_foreign=%d zmq_unknown_sid=%d zmq_backpressure=%d" % (
+                "zmq_malformed=%d zmq_foreign=%d zmq_unknown_sid=%d zmq_unknown_type=%d "
+                "zmq_backpressure=%d" % (
                     len(self.connections), len(self.router.sessions),
                     self.router.nodes_up(), len(self.router.nodes),
                     self.buffered + self.router.pending_bytes(),
@@ -364,6 +365,7 @@ class Server:
                     self.stats["timeouts"], self.stats["slow_clients"],
                     self.router.counters["malformed"], self.router.counters["foreign"],
                     self.router.counters["unknown_sid"],
+                    self.router.counters["unknown_type"],
                     self.router.counters["zmq_backpressure"]))
 
     def log_stats(self):

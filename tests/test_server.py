@@ -758,3 +758,36 @@ def test_node_dying_mid_response_closes_its_clients_only(make_server, nodes):
     assert raw.endswith(b"hello")
     raw = http_request(server.port, get(server.port))
     assert raw.startswith(b"HTTP/1.1 503")
+
+
+def test_node_gone_with_many_requests_in_flight_retries_them_all(make_server, nodes):
+    held = []
+
+    def holder(node, sid, mtype, body):
+        if mtype == b"uwsgi":
+            held.append(sid)
+
+    server = make_server("[blastbeat:localhost]\nnode = a\n[blastbeat:spare]\nnode = b\n")
+    server.start()
+    a = start_node(server, "a", holder)
+    nodes.append(a)
+    wait_available(server, "a")
+    socks = []
+    for _ in range(400):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+        s.sendall(get(server.port))
+        socks.append(s)
+    a.wait_for(lambda: len(held) == 400, timeout=20)
+    # b joins the vhost by reload, then a disappears with 400 requests held
+    b = start_node(server, "b", hello_handler(b"from b"))
+    nodes.append(b)
+    server.rewrite("[blastbeat:localhost]\nnode = a\nnode = b\n")
+    server.signal(__import__("signal").SIGHUP)
+    server.wait_log("configuration reloaded")
+    wait_available(server, "b")
+    a.stop()
+    for s in socks:
+        status, _, body, _ = read_response(s)
+        assert body == b"from b"
+        s.close()
+    assert "Traceback" not in server.log()
