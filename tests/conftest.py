@@ -5,6 +5,7 @@ config with free ports on 127.0.0.1, ``Node`` is a DEALER in a thread,
 and clients are plain sockets (or http.client / websockets).
 """
 
+import hashlib
 import os
 import pwd
 import grp
@@ -232,6 +233,32 @@ def hello_handler(body=b"hello"):
                       b"Content-Length: %d\r\n\r\n" % len(body))
             node.send(sid, b"body", body)
     return handler
+
+
+class UploadDigest:
+    """A node handler answering each upload with the SHA-256 of its body.
+
+    Runs in the node's thread; the response goes out once CONTENT_LENGTH
+    bytes have arrived, whatever way they were split."""
+
+    def __init__(self):
+        self.state = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, node, sid, mtype, body):
+        with self.lock:
+            if mtype == b"uwsgi":
+                env = uwsgi_to_dict(body)
+                self.state[sid] = [int(env[b"CONTENT_LENGTH"]), hashlib.sha256(), 0]
+            elif mtype == b"body" and sid in self.state:
+                entry = self.state[sid]
+                entry[1].update(body)
+                entry[2] += len(body)
+                if entry[2] == entry[0]:
+                    digest = entry[1].hexdigest().encode()
+                    node.send(sid, b"headers", b"HTTP/1.1 200 OK\r\n"
+                              b"Content-Length: %d\r\n\r\n" % len(digest))
+                    node.send(sid, b"body", digest)
 
 
 def start_node(server, identity="node1", handler=None, **kw):

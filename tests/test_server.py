@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import (hello_handler, http_request, read_response, start_node,
+from conftest import (UploadDigest, hello_handler, http_request, read_response, start_node,
                       uwsgi_to_dict, wait_available)
 
 VHOST = "[blastbeat:localhost]\nnode = node1\n"
@@ -225,22 +225,7 @@ def test_chunked_request_body_is_dechunked(make_server, nodes):
 
 
 def test_large_uploads_from_many_clients_arrive_complete(make_server, nodes):
-    received = {}
-    lock = threading.Lock()
-
-    def handler(node, sid, mtype, body):
-        with lock:
-            if mtype == b"uwsgi":
-                received[sid] = [int(uwsgi_to_dict(body)[b"CONTENT_LENGTH"]), hashlib.sha256(), 0]
-            elif mtype == b"body":
-                entry = received[sid]
-                entry[1].update(body)
-                entry[2] += len(body)
-                if entry[2] == entry[0]:
-                    digest = entry[1].hexdigest().encode()
-                    node.sock.send_multipart([sid, b"headers", b"HTTP/1.1 200 OK\r\n"
-                                              b"Content-Length: %d\r\n\r\n" % len(digest)])
-                    node.sock.send_multipart([sid, b"body", digest])
+    handler = UploadDigest()
 
     server = make_server(VHOST).start()
     nodes.append(start_node(server, handler=handler))
@@ -565,20 +550,7 @@ def test_thousand_concurrent_connections(served):
 
 def test_full_node_pipe_pauses_the_client_and_loses_nothing(make_server, nodes):
     """ROUTER_MANDATORY: zmq.Again is back-pressure, never a dropped message."""
-    digests = {}
-
-    def handler(node, sid, mtype, body):
-        if mtype == b"uwsgi":
-            digests[sid] = [hashlib.sha256(), 0]
-        elif mtype == b"body":
-            entry = digests[sid]
-            entry[0].update(body)
-            entry[1] += len(body)
-            if entry[1] == 8 << 20:
-                digest = entry[0].hexdigest().encode()
-                node.sock.send_multipart([sid, b"headers", b"HTTP/1.1 200 OK\r\n"
-                                          b"Content-Length: %d\r\n\r\n" % len(digest)])
-                node.sock.send_multipart([sid, b"body", digest])
+    handler = UploadDigest()
 
     server = make_server(VHOST, global_extra="zmq-hwm = 4\nping-freq = 3\n").start()
     node = start_node(server, handler=handler, rcvhwm=4, paused=1.5)

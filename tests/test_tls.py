@@ -12,7 +12,8 @@ import pytest
 import websockets
 
 from certs import CA
-from conftest import hello_handler, read_response, start_node, uwsgi_to_dict, wait_available
+from conftest import (UploadDigest, hello_handler, read_response, start_node, uwsgi_to_dict,
+                      wait_available)
 
 
 @pytest.fixture
@@ -36,12 +37,11 @@ def tls_connect(port, ctx, server_name):
 
 
 def big_handler():
-    state = {}
+    uploads = UploadDigest()
 
     def handler(node, sid, mtype, body):
         if mtype == b"uwsgi":
             env = uwsgi_to_dict(body)
-            state[sid] = env
             if env[b"REQUEST_METHOD"] == b"GET":
                 path = env[b"PATH_INFO"]
                 if path == b"/big":
@@ -53,19 +53,10 @@ def big_handler():
                           % len(data))
                 for i in range(0, len(data), 1 << 16):
                     node.send(sid, b"body", data[i:i + (1 << 16)])
-                if not data:
-                    node.send(sid, b"body", b"")
             else:
-                state[sid] = [int(env[b"CONTENT_LENGTH"]), hashlib.sha256(), 0]
+                uploads(node, sid, mtype, body)
         elif mtype == b"body":
-            entry = state[sid]
-            entry[1].update(body)
-            entry[2] += len(body)
-            if entry[2] == entry[0]:
-                digest = entry[1].hexdigest().encode()
-                node.send(sid, b"headers", b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
-                          % len(digest))
-                node.send(sid, b"body", digest)
+            uploads(node, sid, mtype, body)
         elif mtype in (b"websocket", b"websocket/binary"):
             node.send(sid, mtype, body)
     return handler
