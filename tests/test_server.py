@@ -184,17 +184,22 @@ def test_pipelined_requests_answered_in_order(make_server, nodes):
     assert not overlap
 
 
-def test_streamed_body_and_100_continue(served):
-    server, node = served
+def test_streamed_body_and_100_continue(make_server, nodes):
+    server = make_server(VHOST).start()
+    node = start_node(server, handler=UploadDigest())
+    nodes.append(node)
+    wait_available(server, "node1")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n"
                   b"Expect: 100-continue\r\n\r\n")
         assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
-        s.sendall(b"0123456789")
+        s.sendall(b"01234")
+        time.sleep(0.1)
+        s.sendall(b"56789")
         status, _, body, _ = read_response(s)
         assert status == 200
-    node.wait_for(lambda: b"".join(b for _, t, b in node.messages if t == b"body")
-                  == b"0123456789")
+        assert body == hashlib.sha256(b"0123456789").hexdigest().encode()
+    assert b"".join(b for _, t, b in node.messages if t == b"body") == b"0123456789"
     env = uwsgi_to_dict(node.of_type(b"uwsgi")[-1][2])
     assert env[b"CONTENT_LENGTH"] == b"10"
 
