@@ -190,9 +190,10 @@ class Router:
             vhost = self.vhosts.get(cfg.name)
             if vhost is None:
                 vhost = VirtualHost(cfg, nodes)
-            else:   # reload: keep the live session count
+            else:   # reload: same object, so open sessions keep counting
+                open_sessions = vhost.sessions
                 vhost.__init__(cfg, nodes)
-                vhost.sessions = self.vhosts[cfg.name].sessions
+                vhost.sessions = open_sessions
             vhosts[cfg.name] = vhost
         # Nodes no longer configured keep serving the sessions they have
         # (their messages are still accepted) but get no new ones.

@@ -264,3 +264,20 @@ def _privileges(server, nodes):
     os.chmod(server.config_path, 0o644)
     server.signal(signal.SIGHUP)
     server.wait_log("privileged port")
+
+
+def test_reload_keeps_counting_open_sessions_against_the_limit(make_server, nodes):
+    body = "[blastbeat:localhost]\nnode = node1\nsessions = 1\n"
+    server = make_server(body).start()
+    node = start_node(server, handler=lambda *a: None)
+    nodes.append(node)
+    wait_available(server, "node1")
+    held = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    held.sendall(get())
+    node.wait_for(lambda: node.of_type(b"uwsgi"))
+    server.rewrite(body + "alias = other.test\n")
+    server.signal(signal.SIGHUP)
+    server.wait_log("configuration reloaded")
+    reply = http_request(server.port, get())
+    assert reply.startswith(b"HTTP/1.1 503") and b"session limit" in reply
+    held.close()
