@@ -267,8 +267,7 @@ class Connection:
     # -- requests ---------------------------------------------------------------------
 
     def _start_exchange(self, req):
-        server = self.server
-        server.stats["requests"] += 1
+        self.server.stats["requests"] += 1
         vhost = self.listener.find_vhost(req.host)
         ex = Exchange(req, vhost, self.loop.now)
         self.exchange = ex
@@ -280,16 +279,7 @@ class Connection:
                 self.fail(400, "unsupported Upgrade", ex)
                 return None
             return wsendpoint.upgrade(self, ex, req, vhost)
-        if not self.ensure_session(ex, vhost):
-            return None
-        if server.over_memory():
-            self.fail(503, "server memory limit reached", ex)
-            return None
-        try:
-            ex.env = uwsgi.request_env(req, vhost.server_name, self.server_port(vhost),
-                                       self.remote_addr, self.remote_port, self.tls)
-        except uwsgi.PacketTooLarge as e:
-            self.fail(431, str(e), ex)
+        if not self.prepare_env(ex, req, vhost):
             return None
         sent = self.router.send(self.session, b"uwsgi", ex.env)
         if sent == QUEUED:
@@ -305,6 +295,22 @@ class Connection:
         if ex.body_reader is not None and req.expect_continue:
             self.write(http.CONTINUE)
         return ex
+
+    def prepare_env(self, ex, req, vhost):
+        """Session, memory check and uwsgi env (``ex.env``) of a request
+        about to go to a node; False once the client got an error."""
+        if not self.ensure_session(ex, vhost):
+            return False
+        if self.server.over_memory():
+            self.fail(503, "server memory limit reached", ex)
+            return False
+        try:
+            ex.env = uwsgi.request_env(req, vhost.server_name, self.server_port(vhost),
+                                       self.remote_addr, self.remote_port, self.tls)
+        except uwsgi.PacketTooLarge as e:
+            self.fail(431, str(e), ex)
+            return False
+        return True
 
     def server_port(self, vhost):
         if vhost.server_port is not None:

@@ -165,7 +165,6 @@ class SNISelector:
             ctx = self._cache[key] = make_context(vhost.certificate, vhost.key)
         if self.default is None:
             self.default = ctx
-            ctx.sni_callback = self._on_sni
         for name in vhost.names:
             self.by_name.setdefault(name, ctx)
         return ctx

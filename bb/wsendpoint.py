@@ -11,7 +11,7 @@ handshake in both directions.
 
 import logging
 
-from . import http, uwsgi, ws
+from . import http, ws
 from .router import FAILED, QUEUED
 
 log = logging.getLogger("blastbeat.ws")
@@ -28,18 +28,9 @@ def upgrade(conn, ex, req, vhost):
     except http.HTTPError as e:
         conn.fail(e.status, e.message, ex, getattr(e, "headers", b""))
         return None
-    if not conn.ensure_session(ex, vhost):
+    if not conn.prepare_env(ex, req, vhost):
         return None
-    if conn.server.over_memory():
-        conn.fail(503, "server memory limit reached", ex)
-        return None
-    try:
-        env = uwsgi.request_env(req, vhost.server_name, conn.server_port(vhost),
-                                conn.remote_addr, conn.remote_port, conn.tls)
-    except uwsgi.PacketTooLarge as e:
-        conn.fail(431, str(e), ex)
-        return None
-    if conn.router.send(conn.session, b"uwsgi", env) == FAILED:
+    if conn.router.send(conn.session, b"uwsgi", ex.env) == FAILED:
         conn.fail(503, "node %s is not reachable" % conn.session.node.name, ex)
         return None
     ex.status = 101
