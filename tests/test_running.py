@@ -281,3 +281,22 @@ def test_reload_keeps_counting_open_sessions_against_the_limit(make_server, node
     reply = http_request(server.port, get())
     assert reply.startswith(b"HTTP/1.1 503") and b"session limit" in reply
     held.close()
+
+
+def test_periodic_stats_line(make_server, nodes):
+    # the last stats-freq wins over the test default of 0 (never)
+    server = make_server("[blastbeat:localhost]\nnode = node1\n",
+                         global_extra="stats-freq = 0.3\n").start()
+    nodes.append(start_node(server))
+    wait_available(server, "node1")
+    http_request(server.port, get())
+    server.wait_log("nodes_up=1/1", timeout=5)
+    assert re.search(r"stats: connections=\d+ sessions=\d+ nodes_up=1/1 buffered=\d+ "
+                     r"requests=[1-9]", server.log())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGQUIT, signal.SIGINT])
+def test_other_stop_signals(make_server, signum):
+    server = make_server("[blastbeat:localhost]\nnode = node1\n").start()
+    server.signal(signum)
+    assert server.proc.wait(10) == 0
